@@ -212,7 +212,7 @@ def _sidecar(effect: SiteEffect, affine_zooms, image_seed: int, scan_id: str) ->
         "DeviceSerialNumber": f"SIM-{effect.name}",
         "SliceThickness": slice_mm,
         "SimulationSeed": image_seed,
-        "SimulationSource": f"IXI {scan_id}",
+        "SimulationSource": scan_id,
     }
 
 
@@ -262,7 +262,14 @@ def _readme(kind: str, sites: list[SiteEffect], n_subjects: int) -> str:
             "original scans are in derivatives/original as the clean reference (traveling-subject",
             "ground truth). These subjects never appear in the training set.",
         ]
-    lines += ["", "Sites (full parameters in dataset_description.json, GeneratedBy):", ""]
+    lines += [
+        "",
+        "Reproduce: python scripts/make_ixi_sites.py OUT_ROOT --seed SEED --sites "
+        + ",".join(s.name for s in sites) + " (hcld-bids; the seed is in GeneratedBy).",
+        "",
+        "Sites (full parameters in dataset_description.json, GeneratedBy):",
+        "",
+    ]
     for s in sites:
         curve = ", ".join(f"{f:.2f}" for _, f in s.curve)
         lines.append(
@@ -356,8 +363,8 @@ def write_heldout(root: Path, scans, labels, heldout: list[str], sites, seed: in
                                          "site": _site_column(sites)})
     (original / "README").write_text(
         "Unchanged IXI images (NiChart 2 mm resampling) of the held-out subjects: the clean reference\n"
-        "for the traveling-subject benchmark. Credit: IXI dataset, https://brain-development.org/ixi-dataset/,\n"
-        "CC BY-SA 3.0.\n")
+        "for the traveling-subject benchmark. Credit: IXI dataset,\n"
+        "https://brain-development.org/ixi-dataset/, CC BY-SA 3.0.\n")
     _write_json(original / "dataset_description.json", {
         "Name": "Original IXI scans of the held-out subjects (clean reference)",
         "BIDSVersion": BIDS_VERSION,

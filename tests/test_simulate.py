@@ -293,7 +293,8 @@ def test_sites_differ_more_than_two_seeds_of_one_site(real_scan):
     names = ["siteA", "siteB", "siteC", "siteD"]
     first = {n: normalised_values(n, 0) for n in names}
     same_site = max(wasserstein_distance(first[n], normalised_values(n, 1)) for n in names)
-    between = min(wasserstein_distance(first[a], first[b]) for i, a in enumerate(names) for b in names[i + 1:])
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    between = min(wasserstein_distance(first[a], first[b]) for a, b in pairs)
     assert between > 5 * same_site
 
 
