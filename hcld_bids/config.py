@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import typing
 import uuid
 from dataclasses import dataclass, field
@@ -224,18 +223,9 @@ class Config:
 
     def to_toml(self, path: str | os.PathLike) -> Path:
         """Write the config to ``path`` atomically (temporary file, then rename) and return the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = tomli_w.dumps(self.to_dict())
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as stream:
-                stream.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        from .bids.atomic import atomic_write_text
+
+        return atomic_write_text(path, tomli_w.dumps(self.to_dict()))
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> Config:

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 from ..errors import MissingInputError
@@ -209,10 +210,11 @@ def make_bids_dataset(
     if site_source == "participants":
         participant_columns[site_column] = "Acquisition site (scanner) of the participant."
     _write_tsv(root / "participants.tsv", list(participant_columns), participant_rows)
-    _write_json(
-        root / "participants.json",
-        {name: {"Description": text} for name, text in participant_columns.items() if name != "participant_id"},
-    )
+    if len(participant_columns) > 1:
+        _write_json(
+            root / "participants.json",
+            {name: {"Description": text} for name, text in participant_columns.items() if name != "participant_id"},
+        )
     if has_sessions:
         session_columns = {"session_id": "Session label."}
         if site_source == "sessions":
@@ -239,17 +241,29 @@ def make_bids_dataset(
             scanner = next(iter(per_session.values()))
             _write_json(root / f"sub-{subject}" / f"sub-{subject}_T1w.json", sidecar(SCANNERS[scanner][0]))
         for session, scanner in per_session.items():
-            anat = root / f"sub-{subject}" / (f"ses-{session}" if session else "") / "anat"
-            anat.mkdir(parents=True, exist_ok=True)
             for run in range(1, runs + 1):
                 stem = SCANNERS[scanner][(run - 1) % len(SCANNERS[scanner])]
-                name = f"sub-{subject}"
-                if session:
-                    name += f"_ses-{session}"
-                if runs > 1:
-                    name += f"_run-{run}"
-                name += "_T1w"
-                shutil.copyfile(scans / f"{stem}.nii.gz", anat / f"{name}.nii.gz")
+                entities = {"subject": subject, "session": session, "run": run if runs > 1 else None}
+                image = root / _raw_path(entities, ".nii.gz")
+                image.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(scans / f"{stem}.nii.gz", image)
                 if with_sidecars and sidecar_level == "file":
-                    _write_json(anat / f"{name}.json", sidecar(stem))
+                    _write_json(root / _raw_path(entities, ".json"), sidecar(stem))
     return root
+
+
+def _raw_path(entities: Mapping, extension: str) -> str:
+    """Relative path of a raw anatomical T1w file, built with pybids' BIDS path patterns."""
+    from bids.layout.writing import build_path
+
+    full = {key: value for key, value in entities.items() if value is not None}
+    full.update(datatype="anat", suffix="T1w", extension=extension)
+    return build_path(full, _bids_patterns(), strict=True)
+
+
+@lru_cache(maxsize=1)
+def _bids_patterns() -> list[str]:
+    import bids.layout
+
+    config = Path(bids.layout.__file__).parent / "config" / "bids.json"
+    return json.loads(config.read_text())["default_path_patterns"]
