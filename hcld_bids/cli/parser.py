@@ -135,7 +135,9 @@ class _HelpFormatter(argparse.HelpFormatter):
         if (
             "default" not in text
             and action.option_strings
-            and action.default not in (None, False, argparse.SUPPRESS)
+            and action.default is not None
+            and action.default is not False
+            and action.default != argparse.SUPPRESS
             and not isinstance(action, (argparse._VersionAction, argparse._HelpAction, argparse._CountAction))
         ):
             text += " (default: %(default)s)"
@@ -149,7 +151,8 @@ class HCLDArgumentParser(argparse.ArgumentParser):
         self.exit(UsageError.exit_code, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def _default_nprocs() -> int:
+def default_nprocs() -> int:
+    """CPUs this process may use (its affinity mask, which batch schedulers set)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -355,9 +358,8 @@ def build_parser() -> HCLDArgumentParser:
         "--nthreads",
         dest="nprocs",
         type=_positive_int,
-        default=_default_nprocs(),
         metavar="N",
-        help="processes/threads the whole run may use",
+        help="processes/threads the whole run may use (default: the CPUs available to this process)",
     )
     perf.add_argument(
         "--omp-nthreads",
@@ -401,7 +403,7 @@ def build_parser() -> HCLDArgumentParser:
         "--boilerplate-only",
         dest="boilerplate_only",
         action="store_true",
-        help="only write the methods boilerplate (logs/CITATION.*)",
+        help="only write the methods boilerplate (the CITATION files in OUTPUT_DIR/logs)",
     )
     other.add_argument(
         "--reports-only",

@@ -38,7 +38,7 @@ from ..errors import (
     UnknownLevelError,
     UsageError,
 )
-from .parser import PROG, build_parser
+from .parser import PROG, build_parser, default_nprocs
 
 LOGGER = logging.getLogger("hcld_bids")
 
@@ -127,7 +127,7 @@ def build_config(args: argparse.Namespace) -> Config:
     filter_file = args.bids_filter_file.absolute() if args.bids_filter_file else None
     bids_filters = load_bids_filters(filter_file)
 
-    nprocs = args.nprocs
+    nprocs = args.nprocs or default_nprocs()
     omp_nthreads = args.omp_nthreads or min(8, nprocs)
     if omp_nthreads > nprocs:
         LOGGER.warning("--omp-nthreads %d is more than --nprocs %d", omp_nthreads, nprocs)

@@ -34,7 +34,7 @@ def test_defaults():
     assert (args.weight_content, args.weight_style, args.weight_adversarial) == (10, 10, 1)
     assert (args.weight_gradient, args.weight_noise) == (1e4, 1)
     assert args.resume is True and args.batch_size is None and args.patch_size is None
-    assert args.nprocs >= 1 and args.omp_nthreads is None and args.mem_gb is None
+    assert args.nprocs is None and args.omp_nthreads is None and args.mem_gb is None
     assert not (args.skip_bids_validation or args.stop_on_first_crash or args.boilerplate_only or args.reports_only)
     assert args.verbose == 0
 

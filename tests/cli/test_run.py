@@ -84,6 +84,13 @@ def test_omp_threads_default_to_at_most_eight(dataset, tmp_path, dispatch, run_c
     assert config.workflow.model_source == "train-output"
 
 
+def test_nprocs_defaults_to_the_cpus_this_process_may_use(dataset, tmp_path, dispatch, run_cli):
+    run_cli(dataset, tmp_path / "out", "group", "-w", tmp_path / "w", "--skip-bids-validation")
+    nipype = dispatch.calls[0][0].nipype
+    assert nipype.nprocs == len(os.sched_getaffinity(0))
+    assert nipype.omp_nthreads == min(8, nipype.nprocs)
+
+
 def test_plugin_file_sets_plugin_and_arguments(dataset, tmp_path, dispatch, run_cli):
     plugin = tmp_path / "plugin.yml"
     plugin.write_text("plugin: LegacyMultiProc\nplugin_args:\n  maxtasksperchild: 2\n")
