@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import MissingInputError, NoDataError, UsageError
+from ..errors import CannotCreateOutputError, MissingInputError, NoDataError, UsageError
 from .validation import dataset_fingerprint
 
 LOGGER = logging.getLogger("hcld_bids.bids")
@@ -129,8 +129,14 @@ def _has_index(database_dir: Path) -> bool:
 
 def _build_index(bids_dir: Path, database_dir: Path, validate: bool) -> None:
     """Index ``bids_dir`` into ``database_dir`` unless a complete index is already there."""
-    database_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{database_dir.name}.tmp-", dir=database_dir.parent))
+    try:
+        database_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{database_dir.name}.tmp-", dir=database_dir.parent))
+    except OSError as err:
+        raise CannotCreateOutputError(
+            f"cannot create the BIDS index in {database_dir.parent} ({err.strerror or err}); "
+            "choose a writable --bids-database-dir or work directory"
+        ) from None
     try:
         layout = _open_indexed(bids_dir, tmp, validate)
         # Close every connection before the rename (NullPool: none should stay open; be sure).

@@ -13,6 +13,7 @@ file that holds the traceback, exit code 1. ``-v`` also prints the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -275,20 +276,32 @@ def run(config: Config) -> int:
     return dispatch(config, records)
 
 
-def _setup_logging(verbosity: int) -> None:
+@contextlib.contextmanager
+def _logging_to_stderr(verbosity: int):
+    """Send hcld_bids log messages to stderr for the duration of a run, then restore the previous setup.
+
+    WARNING and above by default, INFO with -v, DEBUG with -vv. Library warnings (deprecations, pybids
+    notices) are shown only with -vv. Restoring matters when main() is called in-process (tests).
+    """
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
-    for name in ("hcld_bids",):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(level)
-        logger.propagate = False
-    # Library warnings (deprecations, pybids notices) only with -vv.
+    loggers = [logging.getLogger("hcld_bids"), logging.getLogger("py.warnings")]
+    saved = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    loggers[0].handlers[:] = [handler]
+    loggers[0].setLevel(level)
+    loggers[0].propagate = False
+    loggers[1].handlers[:] = [handler] if verbosity >= 2 else [logging.NullHandler()]
+    loggers[1].propagate = False
     logging.captureWarnings(True)
-    warnings_logger = logging.getLogger("py.warnings")
-    warnings_logger.handlers[:] = [handler] if verbosity >= 2 else [logging.NullHandler()]
-    warnings_logger.propagate = False
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        for logger, handlers, old_level, propagate in saved:
+            logger.handlers[:] = handlers
+            logger.setLevel(old_level)
+            logger.propagate = propagate
 
 
 def _write_crash_file(config: Config | None, text: str) -> Path | None:
@@ -327,8 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version, usage errors (64)
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     verbosity = args.verbose
-    _setup_logging(verbosity)
+    with _logging_to_stderr(verbosity):
+        return _run_reporting_errors(args, verbosity)
 
+
+def _run_reporting_errors(args: argparse.Namespace, verbosity: int) -> int:
+    """Build the config and run; turn every exception into one line on stderr and an exit code."""
     config = None
     try:
         config = build_config(args)

@@ -279,3 +279,21 @@ def test_python_m_hcld_bids_errors_are_one_line_with_the_exit_code(tmp_path):
     proc = _module(tmp_path / "missing", tmp_path / "out", "group", cwd=tmp_path)
     assert proc.returncode == 66
     assert proc.stderr == f"hcld-bids: error: BIDS_DIR {tmp_path / 'missing'} does not exist\n"
+
+
+def test_unwritable_database_dir_exits_73(dataset, tmp_path, run_cli):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, err = run_cli(dataset, tmp_path / "out", "group", "-w", tmp_path / "w", "--skip-bids-validation",
+                        "--bids-database-dir", blocker / "db")
+    assert code == 73
+    assert _error_only(err).startswith(f"hcld-bids: error: cannot create the BIDS index in {blocker}")
+
+
+def test_main_leaves_the_logging_setup_as_it_found_it(dataset, tmp_path, dispatch, run_cli):
+    import logging
+
+    logger = logging.getLogger("hcld_bids")
+    before = (logger.handlers[:], logger.level, logger.propagate)
+    run_cli(dataset, tmp_path / "out", "group", "-w", tmp_path / "w", "--skip-bids-validation", "-vv")
+    assert (logger.handlers[:], logger.level, logger.propagate) == before
