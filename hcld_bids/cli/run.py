@@ -20,7 +20,6 @@ import re
 import sys
 import tempfile
 import traceback
-import warnings
 from pathlib import Path
 
 from ..config import (
@@ -141,6 +140,8 @@ def build_config(args: argparse.Namespace) -> Config:
         plugin_args.setdefault("memory_gb", args.mem_gb)
 
     model, model_source = resolve_model(args.model, output_dir, level)
+    if model_source == "argument" and level != "train" and not model.is_dir():
+        raise MissingInputError(f"--model {model} does not exist (give a model bundle directory)")
     if model_source == "demo" and level == "participant":
         LOGGER.warning(
             "no --model and no trained model in %s: using the bundled demo model (a small model trained "

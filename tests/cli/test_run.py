@@ -196,6 +196,17 @@ def test_missing_reference_image_exits_66(dataset, tmp_path, run_cli):
     assert _error_only(err) == f"hcld-bids: error: --reference-image {tmp_path / 'ref.nii.gz'} does not exist"
 
 
+def test_missing_model_exits_66_except_for_train_which_creates_it(dataset, tmp_path, dispatch, run_cli):
+    code, err = run_cli(dataset, tmp_path / "out", "participant", "--target-site", "x", "--model", tmp_path / "m")
+    assert code == 66
+    assert _error_only(err) == f"hcld-bids: error: --model {tmp_path / 'm'} does not exist (give a model bundle directory)"
+    code, _ = run_cli(dataset, tmp_path / "out", "train", "-w", tmp_path / "w", "--skip-bids-validation",
+                      "--model", tmp_path / "m")
+    assert code == 0
+    assert dispatch.calls[0][0].workflow.model == tmp_path / "m"
+    assert dispatch.calls[0][0].workflow.model_source == "argument"
+
+
 def test_usage_errors_exit_64_with_one_line(dataset, tmp_path, run_cli):
     code, err = run_cli(dataset, tmp_path / "out", "participant", "--target-site", "a", "--reference-image", "b")
     assert code == 64
