@@ -151,7 +151,9 @@ def init_derivatives_dataset(
     return output_dir
 
 
-def bids_uri(path: str | os.PathLike, bids_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None) -> str:
+def bids_uri(
+    path: str | os.PathLike, bids_dir: str | os.PathLike | None, output_dir: str | os.PathLike | None = None
+) -> str:
     """BIDS URI of a file: ``bids:raw:<relpath>`` inside BIDS_DIR, ``bids::<relpath>`` inside OUTPUT_DIR.
 
     A string that is already a BIDS URI is returned as is; a path in neither dataset is a ``ValueError``.
@@ -159,7 +161,7 @@ def bids_uri(path: str | os.PathLike, bids_dir: str | os.PathLike, output_dir: s
     if isinstance(path, str) and path.startswith("bids:"):
         return path
     path = Path(path).absolute()
-    roots = [(Path(bids_dir).absolute(), RAW_DATASET_NAME)]
+    roots = [(Path(bids_dir).absolute(), RAW_DATASET_NAME)] if bids_dir is not None else []
     if output_dir is not None:
         roots.insert(0, (Path(output_dir).absolute(), ""))  # the derivatives dataset itself
     for root, name in roots:
