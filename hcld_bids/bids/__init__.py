@@ -1,0 +1,1 @@
+"""BIDS input and output: validation, querying, sites, and the derivatives writer."""

@@ -1,0 +1,73 @@
+"""Write files so that a reader never sees a half-written file under its final name.
+
+Everything is first written under a hidden temporary name in the destination directory (same file system,
+so the final ``os.replace`` is atomic), then renamed. A process killed midway leaves at most a hidden
+``.tmp-*`` file, which BIDS tools ignore and the next run overwrites. Several processes writing the same
+file at once each rename a complete file; the last one wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+TMP_PREFIX = ".tmp-"
+
+
+def temporary_sibling(path: str | os.PathLike) -> Path:
+    """A unique hidden name next to ``path`` that keeps its extensions (``.nii.gz`` stays last)."""
+    path = Path(path)
+    return path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{path.name}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is renamed to ``path``, on error removed.
+
+    >>> with atomic_path(out / "img.nii.gz") as tmp:  # doctest: +SKIP
+    ...     nib.save(img, tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists() or tmp.is_symlink():
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, content) -> Path:
+    """Write ``content`` as indented JSON (keys in the given order, trailing newline) atomically."""
+    return atomic_write_text(path, json.dumps(content, indent=2) + "\n")
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy the file ``src`` to ``dst`` atomically (content and permission bits)."""
+    with atomic_path(dst) as tmp:
+        shutil.copy2(src, tmp)
+    return Path(dst)

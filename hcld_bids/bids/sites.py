@@ -1,0 +1,193 @@
+"""The acquisition site of every T1w image.
+
+First found wins, per image:
+
+1. the site column (``site``, or ``--site-column``) of ``participants.tsv``, row of the subject;
+2. the same column of ``sub-<label>/sub-<label>_sessions.tsv``, row of the session;
+3. the scanner, from the image's sidecar metadata (BIDS inheritance applied): Manufacturer,
+   ManufacturersModelName, MagneticFieldStrength, and DeviceSerialNumber (or InstitutionName when the
+   serial number is missing).
+
+An empty cell (``n/a`` or blank) falls through to the next source. Site labels are letters and digits
+only, so that they work as ``--target-site`` values and as BIDS labels: table values keep their letters and
+digits (``"Site A-1"`` -> ``"SiteA1"``); a scanner gives e.g. ``"SiemensMAGNETOMPrismaFit3T67093"``
+(manufacturer, model, field strength in tesla with ``p`` for a decimal point, serial number).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from ..config import DEFAULT_SITE_COLUMN
+from ..errors import BadDataError, UsageError
+from .layout import T1wRecord
+
+LOGGER = logging.getLogger("hcld_bids.bids")
+
+#: Sidecar fields that identify a scanner, in the order they build a label.
+SCANNER_FIELDS = (
+    "Manufacturer",
+    "ManufacturersModelName",
+    "MagneticFieldStrength",
+    "DeviceSerialNumber",
+    "InstitutionName",
+)
+SOURCE_PARTICIPANTS = "participants.tsv"
+SOURCE_SESSIONS = "sessions.tsv"
+SOURCE_SCANNER = "scanner"
+
+_MISSING = {"", "n/a"}
+_IMAGES_IN_MESSAGE = 5
+
+
+def sanitize_label(text) -> str:
+    """Keep the ASCII letters and digits of ``text`` (``"Site A-1"`` -> ``"SiteA1"``)."""
+    return re.sub(r"[^A-Za-z0-9]", "", str(text))
+
+
+def _field_strength(value) -> str:
+    """3 -> "3T", 1.5 -> "1p5T", "3T" -> "3T"; unparsable values are sanitized as they are."""
+    try:
+        tesla = float(str(value).upper().rstrip("T").strip())
+    except ValueError:
+        return sanitize_label(value)
+    return f"{tesla:g}".replace(".", "p") + "T"
+
+
+def scanner_site_label(metadata: Mapping) -> str | None:
+    """A site label from scanner fields of sidecar metadata, or ``None`` when there are none.
+
+    Manufacturer + model + field strength + DeviceSerialNumber; InstitutionName stands in for a missing
+    serial number (so two identical scanner models at two institutions stay apart).
+    """
+    parts = []
+    for name in ("Manufacturer", "ManufacturersModelName"):
+        if metadata.get(name) not in (None, ""):
+            parts.append(sanitize_label(metadata[name]))
+    if metadata.get("MagneticFieldStrength") not in (None, ""):
+        parts.append(_field_strength(metadata["MagneticFieldStrength"]))
+    if metadata.get("DeviceSerialNumber") not in (None, ""):
+        parts.append(sanitize_label(metadata["DeviceSerialNumber"]))
+    elif metadata.get("InstitutionName") not in (None, ""):
+        parts.append(sanitize_label(metadata["InstitutionName"]))
+    label = "".join(parts)
+    return label or None
+
+
+def _read_tsv(path: Path) -> list[dict[str, str]] | None:
+    """Rows of a BIDS TSV as strings (nothing parsed as numbers or NaN); ``None`` if absent."""
+    if not path.is_file():
+        return None
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError) as err:
+        raise BadDataError(f"cannot read {path}: {' '.join(str(err).split())}") from None
+    return table.to_dict(orient="records")
+
+
+def _column_values(rows: list[dict[str, str]] | None, key: str, column: str) -> dict[str, str] | None:
+    """Map the ``key`` column (e.g. participant_id) to ``column``; ``None`` when ``column`` is absent."""
+    if not rows or column not in rows[0]:
+        return None
+    return {row.get(key, "").strip(): row[column].strip() for row in rows}
+
+
+def resolve_sites(
+    records: Iterable[T1wRecord],
+    bids_dir: str | os.PathLike,
+    *,
+    site_column: str | None = None,
+) -> list[T1wRecord]:
+    """Return ``records`` with ``site`` and ``site_source`` filled (see the module docstring).
+
+    ``site_column=None`` means the default column ``site``, which may be absent; an explicitly named
+    column that no participants.tsv or sessions.tsv has is a usage error (64). An image with no site
+    from any source, or two table values that become the same label, are bad data (65).
+    """
+    bids_dir = Path(bids_dir)
+    records = list(records)
+    column = site_column or DEFAULT_SITE_COLUMN
+
+    participants_file = bids_dir / "participants.tsv"
+    participants = _column_values(_read_tsv(participants_file), "participant_id", column)
+    sessions_cache: dict[str, dict[str, str] | None] = {}
+
+    def sessions_of(subject: str) -> dict[str, str] | None:
+        if subject not in sessions_cache:
+            path = bids_dir / f"sub-{subject}" / f"sub-{subject}_sessions.tsv"
+            sessions_cache[subject] = _column_values(_read_tsv(path), "session_id", column)
+        return sessions_cache[subject]
+
+    raw_values: dict[str, set[str]] = {}
+    resolved: list[T1wRecord] = []
+    missing: list[T1wRecord] = []
+    for record in records:
+        site = source = None
+        if participants is not None:
+            value = participants.get(f"sub-{record.subject}", "")
+            if value not in _MISSING and sanitize_label(value):
+                site, source = sanitize_label(value), SOURCE_PARTICIPANTS
+                raw_values.setdefault(site, set()).add(value)
+        if site is None and record.session is not None:
+            sessions = sessions_of(record.subject)
+            if sessions is not None:
+                value = sessions.get(f"ses-{record.session}", "")
+                if value not in _MISSING and sanitize_label(value):
+                    site, source = sanitize_label(value), SOURCE_SESSIONS
+                    raw_values.setdefault(site, set()).add(value)
+        if site is None:
+            site = scanner_site_label(record.metadata)
+            source = SOURCE_SCANNER if site else None
+        if site is None:
+            missing.append(record)
+        resolved.append(dataclasses.replace(record, site=site, site_source=source))
+
+    if site_column is not None and participants is None and all(
+        sessions_cache.get(r.subject) is None for r in records if r.session is not None
+    ):
+        raise UsageError(
+            f"--site-column {site_column!r} is not a column of {participants_file} or of any sessions.tsv"
+        )
+    clashes = {label: values for label, values in raw_values.items() if len(values) > 1}
+    if clashes:
+        label, values = sorted(clashes.items())[0]
+        raise BadDataError(
+            f"site values {', '.join(sorted(map(repr, values)))} all become the label {label!r} "
+            "(labels keep letters and digits only); make them differ in letters or digits"
+        )
+    if missing:
+        shown = ", ".join(r.relpath for r in missing[:_IMAGES_IN_MESSAGE])
+        if len(missing) > _IMAGES_IN_MESSAGE:
+            shown += f", ... ({len(missing)} in all)"
+        raise BadDataError(
+            f"no site found for {shown}: searched column {column!r} of participants.tsv and sessions.tsv, "
+            f"and the sidecar fields {', '.join(SCANNER_FIELDS)}; add a site column (or name yours with "
+            "--site-column)"
+        )
+    for record in resolved:
+        LOGGER.debug("site of %s: %s (from %s)", record.relpath, record.site, record.site_source)
+    return resolved
+
+
+def check_target_site(name: str, known: Iterable[str]) -> str:
+    """Return the known site label that ``name`` designates; :class:`UsageError` (64) if none.
+
+    ``name`` may be given as in the site table (``"Site A-1"``) or as the label (``"SiteA1"``).
+    """
+    known = sorted(set(known))
+    label = sanitize_label(name)
+    if label in known:
+        return label
+    close = difflib.get_close_matches(label, known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise UsageError(
+        f"unknown --target-site {name!r}{hint}; known sites: {', '.join(known) if known else 'none'}"
+    )

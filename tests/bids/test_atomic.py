@@ -1,0 +1,49 @@
+"""Atomic writes: the final name only ever holds a complete file."""
+
+import json
+import os
+
+import pytest
+
+from hcld_bids.bids.atomic import (
+    TMP_PREFIX,
+    atomic_copy,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    temporary_sibling,
+)
+
+
+def test_temporary_name_is_hidden_and_keeps_the_extension(tmp_path):
+    tmp = temporary_sibling(tmp_path / "sub-01_T1w.nii.gz")
+    assert tmp.parent == tmp_path
+    assert tmp.name.startswith(TMP_PREFIX) and tmp.name.endswith("-sub-01_T1w.nii.gz")
+
+
+def test_write_replaces_existing_content_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "a" / "f.json"
+    atomic_write_json(path, {"b": 1, "a": [1, 2]})
+    atomic_write_json(path, {"c": True})
+    assert json.loads(path.read_text()) == {"c": True}
+    assert path.read_text().endswith("\n")
+    assert os.listdir(path.parent) == ["f.json"]
+
+
+def test_failure_inside_the_block_keeps_the_old_file_and_removes_the_temporary(tmp_path):
+    path = atomic_write_text(tmp_path / "f.txt", "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_copy_keeps_content_and_mode(tmp_path):
+    src = tmp_path / "src.sh"
+    src.write_text("#!/bin/sh\n")
+    src.chmod(0o750)
+    dst = atomic_copy(src, tmp_path / "d" / "dst.sh")
+    assert dst.read_text() == "#!/bin/sh\n"
+    assert dst.stat().st_mode & 0o777 == 0o750

@@ -1,0 +1,39 @@
+"""README.rst agrees with the parser and with the CI script."""
+
+import os
+import re
+from pathlib import Path
+
+from hcld_bids.cli.reference import cli_reference_rst
+
+REPO = Path(__file__).resolve().parents[2]
+README = (REPO / "README.rst").read_text()
+
+
+def _readme_ci_command():
+    after_marker = README.split(".. ci-command", 1)[1]
+    block = after_marker.split(".. code-block:: bash", 1)[1]
+    return next(line.strip() for line in block.splitlines() if line.strip())
+
+
+def test_readme_cli_reference_is_generated_from_the_parser():
+    block = README.split(".. begin-cli-reference\n", 1)[1].split(".. end-cli-reference", 1)[0]
+    assert block.strip() == cli_reference_rst().strip(), (
+        "README.rst is out of date: paste the output of `python -m hcld_bids.cli.reference` between the "
+        "begin/end-cli-reference markers"
+    )
+
+
+def test_readme_documents_every_option():
+    for option in re.findall(r"``(--[a-z-]+)", cli_reference_rst()):
+        assert option in README
+
+
+def test_ci_runs_exactly_the_readme_install_and_test_command():
+    script = (REPO / ".ci" / "run").read_text()
+    commands = [line for line in script.splitlines() if line.strip() and not line.startswith("#")]
+    assert commands[0] == "set -euo pipefail"
+    assert "export CI=true" in commands and "exec </dev/null" in commands
+    assert commands[-1] == _readme_ci_command()
+    assert "python -m pytest" in commands[-1] and "pip install '.[test]'" in commands[-1]
+    assert os.access(REPO / ".ci" / "run", os.X_OK)
