@@ -68,7 +68,7 @@ RUN python -m hcld_bids.fetch_templates \
     && hcld-bids --version
 
 LABEL org.opencontainers.image.title="hcld-bids" \
-      org.opencontainers.image.description="Harmonization of T1-weighted brain MRI across scanners and sites with 3D conditional latent diffusion (HCLD), as a BIDS App" \
+      org.opencontainers.image.description="Harmonization of T1-weighted brain MRI across sites (HCLD), a BIDS App" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${VCS_REF}" \
       org.opencontainers.image.created="${BUILD_DATE}" \
