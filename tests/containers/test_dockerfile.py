@@ -81,7 +81,8 @@ def test_entrypoint_is_the_console_script_of_setup_cfg(dockerfile):
 def test_dockerfile_installs_this_repository_not_editable(dockerfile):
     copies = [shlex.split(value) for value in dockerfile.all("COPY")]
     (destination,) = [args[-1] for args in copies if args[:-1] == ["."]]
-    installs = [value for value in dockerfile.all("RUN") if re.search(rf"pip install [^&]*{re.escape(destination)}\b", value)]
+    pattern = rf"pip install [^&]*{re.escape(destination)}\b"
+    installs = [value for value in dockerfile.all("RUN") if re.search(pattern, value)]
     assert len(installs) == 1
     command = installs[0].split("&&")[0].split()
     assert command[command.index("install") + 1 :] == ["--no-cache-dir", destination]
