@@ -209,7 +209,7 @@ def test_multinode_training_starts_one_torchrun_per_node_meeting_at_the_first(hp
     config = _hcld_config(argv[: image_index + 1] + torchrun.training_script_args, cluster["env"]["SIF"])
     assert config.execution.analysis_level == "train"
     assert config.execution.work_dir == train_work
-    assert config.nipype.nprocs == 32
+    assert config.nipype.nprocs == 8  # a quarter of the node's 32 CPUs for each of its 4 processes
 
 
 def _command_lines(text: str) -> list[list[str]]:
