@@ -140,12 +140,13 @@ class AutoencoderKL(nn.Module):
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
         """Reconstruction, posterior mean and log-variance.
 
-        In training mode the decoder sees a sample ``mean + exp(logvar / 2) * noise`` of the posterior; in
-        evaluation mode it sees the mean.
+        In training mode the decoder sees a sample ``mean + exp(logvar / 2) * noise`` of the posterior (noise
+        from the CPU ``generator`` when given); in evaluation mode it sees the mean.
         """
         mean, logvar = self.encode_posterior(x)
         if self.training:
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            # drawn on the CPU generator (if given) so that a seeded draw is the same on every device
+            noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32).to(mean.device, mean.dtype)
             z = mean + torch.exp(0.5 * logvar) * noise
         else:
             z = mean

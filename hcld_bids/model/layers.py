@@ -25,6 +25,8 @@ from torch import nn
 
 #: Tensors with more elements than this are normalised in place, slab by slab, when a block owns them.
 INPLACE_NORM_MIN_NUMEL = 1 << 26
+#: Longest sequence for which CPU training uses explicit-matrix attention (L x L floats per head).
+MATH_ATTENTION_MAX_LENGTH = 4096
 
 
 def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -38,6 +40,53 @@ def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
+class _OneDNNConv3d(torch.autograd.Function):
+    """oneDNN 3D convolution with a backward pass that stays on fast kernels.
+
+    ``convolution_backward`` applies the same size heuristic as the forward and, for batch 1 and small
+    volumes, runs an im2col kernel 5-20x slower than oneDNN. Here the input gradient of a stride-1
+    convolution is itself a convolution (with the flipped, transposed kernel) and the weight gradient of a
+    batch-1 input is computed on the input split into two depth halves with their halos (a batch of two,
+    which the heuristic sends to oneDNN).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride: int, padding: int):
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+        return torch.mkldnn_convolution(x, weight, bias, [padding] * 3, [stride] * 3, [1, 1, 1], 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        s, p = ctx.stride, ctx.padding
+        k = weight.shape[-1]
+        grad_x = grad_w = grad_b = None
+        generic = [s] * 3, [p] * 3, [1] * 3, False, [0] * 3, 1
+        if ctx.needs_input_grad[0]:
+            if s == 1 and 0 <= k - 1 - p:
+                flipped = weight.transpose(0, 1).flip(2, 3, 4).contiguous()
+                grad_x = torch.mkldnn_convolution(grad, flipped, None, [k - 1 - p] * 3, [1] * 3, [1] * 3, 1)
+            else:
+                grad_x = torch.ops.aten.convolution_backward(grad, x, weight, None, *generic,
+                                                             [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            d = x.shape[2]
+            if s == 1 and x.shape[0] == 1 and d % 2 == 0 and d >= 2:
+                h = d // 2
+                xp = F.pad(x, (0, 0, 0, 0, p, p))
+                x2 = torch.cat([xp[:, :, : h + 2 * p], xp[:, :, h:]])
+                g2 = torch.cat([grad[:, :, :h], grad[:, :, h:]])
+                grad_w = torch.ops.aten.convolution_backward(g2, x2, weight, None, [1] * 3, [0, p, p], [1] * 3, False,
+                                                             [0] * 3, 1, [False, True, False])[1]
+            else:
+                grad_w = torch.ops.aten.convolution_backward(grad, x, weight, None, *generic,
+                                                             [False, True, False])[1]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, 2, 3, 4))
+        return grad_x, grad_w, grad_b, None, None
+
+
 def conv3d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -45,8 +94,11 @@ def conv3d(
     stride: int = 1,
     padding: int = 0,
 ) -> torch.Tensor:
-    """3D convolution that always uses oneDNN for float32 on CPU (autograd works through it)."""
+    """3D convolution that always uses oneDNN for float32 on CPU, in the forward and the backward pass."""
     if _onednn_ok(x, weight):
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad)):
+            return _OneDNNConv3d.apply(x, weight, bias, stride, padding)
         return torch.mkldnn_convolution(x, weight, bias, [padding] * 3, [stride] * 3, [1, 1, 1], 1)
     return F.conv3d(x, weight, bias, stride=stride, padding=padding)
 
@@ -204,7 +256,12 @@ class SelfAttention(nn.Module):
         length = d * h * w
         tokens = self.norm(x).permute(0, 2, 3, 4, 1).reshape(n, length, c)  # a view in channels_last_3d
         q, k, v = self.qkv(tokens).view(n, length, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, L, c/heads)
+        if torch.is_grad_enabled() and x.device.type == "cpu" and length <= MATH_ATTENTION_MAX_LENGTH:
+            # the CPU flash-attention backward is ~10x slower than plain matmuls at these sizes
+            scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+            out = torch.matmul(scores.softmax(dim=-1), v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, L, c/heads)
         out = self.proj(out.transpose(1, 2).reshape(n, length, c))
         out = out.view(n, d, h, w, c).permute(0, 4, 1, 2, 3)  # channels_last_3d layout, no copy
         return x + out if torch.is_grad_enabled() else out.add_(x)

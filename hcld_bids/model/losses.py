@@ -68,7 +68,7 @@ def ssim_loss(recon: torch.Tensor, target: torch.Tensor, data_range: float = 1.0
 class PatchDiscriminator3D(nn.Module):
     """3D PatchGAN: ``(N, 1, D, H, W) -> (N, 1, D', H', W')`` real/fake logits per patch.
 
-    ``num_layers`` stride-2 4x4x4 convolutions (LeakyReLU 0.2, instance norm after the first), a stride-1
+    ``num_layers`` stride-2 4x4x4 convolutions (LeakyReLU 0.2, group norm after the first), a stride-1
     4x4x4 convolution and a stride-1 4x4x4 convolution to one channel.
     """
 
@@ -78,10 +78,10 @@ class PatchDiscriminator3D(nn.Module):
         layers: list[nn.Module] = [nn.Conv3d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
         c = channels
         for i in range(1, num_layers):
-            layers += [nn.Conv3d(c, c * 2, 4, 2, 1, bias=False), nn.InstanceNorm3d(c * 2, affine=True),
+            layers += [nn.Conv3d(c, c * 2, 4, 2, 1, bias=False), nn.GroupNorm(min(8, c * 2), c * 2),
                        nn.LeakyReLU(0.2, inplace=True)]
             c *= 2
-        layers += [nn.Conv3d(c, c, 4, 1, 1, bias=False), nn.InstanceNorm3d(c, affine=True),
+        layers += [nn.Conv3d(c, c, 4, 1, 1, bias=False), nn.GroupNorm(min(8, c), c),
                    nn.LeakyReLU(0.2, inplace=True), nn.Conv3d(c, 1, 4, 1, 1)]
         self.net = nn.Sequential(*layers)
 
@@ -136,7 +136,8 @@ def stat_style_loss(z: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
 class LatentStyleDiscriminator(nn.Module):
     """Tells target-style latents from source latents: ``(N, C, d, h, w) -> (N,)`` logits.
 
-    Three stride-2 4x4x4 convolutions (LeakyReLU 0.2, instance norm after the first), global average
+    Three stride-2 4x4x4 convolutions (LeakyReLU 0.2, group norm after the first; unlike instance norm it
+    also works when the last map has a single voxel), global average
     pooling and a linear layer, so it accepts any latent grid of at least 8 voxels per axis.
     """
 
@@ -148,7 +149,7 @@ class LatentStyleDiscriminator(nn.Module):
         for i, cout in enumerate(channels):
             layers.append(nn.Conv3d(c, cout, 4, 2, 1, bias=False))
             if i > 0:
-                layers.append(nn.InstanceNorm3d(cout, affine=True))
+                layers.append(nn.GroupNorm(min(8, cout), cout))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             c = cout
         self.features = nn.Sequential(*layers)

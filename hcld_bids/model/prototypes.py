@@ -75,3 +75,24 @@ def compute_site_prototype(autoencoder, volumes: Iterable, scale_factor: float, 
         raise ValueError("a site prototype needs at least one volume")
     return SitePrototype(latent=(total / count).float().cpu(), channel_mean=(mean_sum / count).float().cpu(),
                          channel_std=(std_sum / count).float().cpu(), count=count)
+
+
+def compute_scale_factor(autoencoder, volumes: Iterable, device="cpu") -> float:
+    """``1 / std`` of the unscaled latents (posterior means) of ``volumes``, pooled."""
+    was_training = autoencoder.training
+    autoencoder.eval()
+    try:
+        latents = [encode_scaled(autoencoder, v, 1.0, device).double().flatten() for v in volumes]
+    finally:
+        autoencoder.train(was_training)
+    if not latents:
+        raise ValueError("the scale factor needs at least one volume")
+    return float(1.0 / torch.cat(latents).std())
+
+
+def prototype_from_latents(latents: torch.Tensor) -> SitePrototype:
+    """Prototype of already encoded, scaled latents ``(n, C, d, h, w)`` of one site."""
+    z = latents.double()
+    m, s = channel_stats(z)
+    return SitePrototype(latent=z.mean(0, keepdim=True).float().cpu(), channel_mean=m.mean(0).flatten().float().cpu(),
+                         channel_std=s.mean(0).flatten().float().cpu(), count=int(z.shape[0]))
