@@ -1,7 +1,7 @@
 """HCLD model core: 3D KL autoencoder, conditional latent diffusion UNet, DDIM, fusion, losses, model
 bundle, harmonizer and training engine.
 
-Usable without nipype or BIDS code, e.g. from a notebook::
+Usable on its own (no workflow engine, no dataset layer), e.g. from a notebook::
 
     from hcld_bids.model import load_bundle, Harmonizer
     h = Harmonizer(load_bundle("models/hcld"))

@@ -70,3 +70,13 @@ def tiny_models():
     # real dependence on the input
     torch.nn.init.normal_(unet.out_conv.weight, std=0.02)
     return ae, unet
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny networks gain nothing from a second thread, and on a shared machine OpenMP barriers waiting for a
+    descheduled thread make each operation cost a scheduler time slice."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -59,7 +59,7 @@ def test_inference_with_channels_last_matches_training_path(tiny_ae_config):
     fast = ae.to(memory_format=torch.channels_last_3d)
     with torch.inference_mode():
         out = fast.decode(fast.encode(x.contiguous(memory_format=torch.channels_last_3d)))
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-4)
 
 
 def test_grid_not_divisible_by_the_downsampling_is_refused(tiny_ae_config):
