@@ -64,10 +64,11 @@ class NoiseSchedule:
         abar = self._abar(timesteps, z0)
         return abar.sqrt() * z0 + (1.0 - abar).sqrt() * noise
 
-    def predict_z0(self, z_t: torch.Tensor, eps: torch.Tensor, timesteps) -> torch.Tensor:
-        """``(z_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``."""
+    def predict_z0(self, z_t: torch.Tensor, eps: torch.Tensor, timesteps, clip: float | None = None) -> torch.Tensor:
+        """``(z_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``, optionally clamped to ``[-clip, clip]``."""
         abar = self._abar(timesteps, z_t)
-        return (z_t - (1.0 - abar).sqrt() * eps) / abar.sqrt()
+        z0 = (z_t - (1.0 - abar).sqrt() * eps) / abar.sqrt()
+        return z0 if clip is None else z0.clamp(-clip, clip)
 
     def ddim_timesteps(self, num_steps: int, t_end: int | None = None) -> torch.Tensor:
         """``num_steps + 1`` increasing training timesteps ``round(i * t_end / num_steps)``, from 0 to t_end."""
@@ -79,46 +80,56 @@ class NoiseSchedule:
         i = torch.arange(num_steps + 1, dtype=torch.float64)
         return torch.round(i * t_end / num_steps).long()
 
-    def ddim_move(self, z_t: torch.Tensor, eps: torch.Tensor, t: int, s: int) -> torch.Tensor:
-        """Deterministic DDIM update (eta = 0) of ``z_t`` from timestep ``t`` to ``s`` given ``eps = model(z_t, t)``."""
+    def ddim_move(self, z_t: torch.Tensor, eps: torch.Tensor, t: int, s: int, clip: float | None = None) -> torch.Tensor:
+        """Deterministic DDIM update (eta = 0) of ``z_t`` from timestep ``t`` to ``s`` given ``eps = model(z_t, t)``.
+
+        With ``clip`` the clean-latent estimate is clamped to ``[-clip, clip]`` first (this makes the update
+        lossy: inversion followed by sampling no longer returns the start).
+        """
         abar_t = float(self.alphas_cumprod[t])
         abar_s = float(self.alphas_cumprod[s])
+        if clip is not None:
+            z0 = ((z_t - (1.0 - abar_t) ** 0.5 * eps) / abar_t ** 0.5).clamp_(-clip, clip)
+            return z0.mul_(abar_s ** 0.5).add_(eps, alpha=(1.0 - abar_s) ** 0.5)
         # z_s = sqrt(abar_s) * z0_hat + sqrt(1 - abar_s) * eps, with z0_hat from z_t and eps, folded into
         # one multiply-add so the update costs two passes over the latent.
         a = (abar_s / abar_t) ** 0.5
         b = (1.0 - abar_s) ** 0.5 - a * (1.0 - abar_t) ** 0.5
         return torch.add(z_t, eps, alpha=b / a).mul_(a) if not torch.is_grad_enabled() else a * z_t + b * eps
 
-    def step(self, eps: torch.Tensor, t: int, t_prev: int, z_t: torch.Tensor) -> torch.Tensor:
+    def step(self, eps: torch.Tensor, t: int, t_prev: int, z_t: torch.Tensor, clip: float | None = None) -> torch.Tensor:
         """One DDIM sampling step ``z_t -> z_{t_prev}`` (``t_prev < t``)."""
         if not t_prev < t:
             raise ValueError(f"a sampling step goes down in time, got {t} -> {t_prev}")
-        return self.ddim_move(z_t, eps, t, t_prev)
+        return self.ddim_move(z_t, eps, t, t_prev, clip)
 
-    def inversion_step(self, eps: torch.Tensor, t: int, t_next: int, z_t: torch.Tensor) -> torch.Tensor:
+    def inversion_step(self, eps: torch.Tensor, t: int, t_next: int, z_t: torch.Tensor,
+                       clip: float | None = None) -> torch.Tensor:
         """One DDIM inversion step ``z_t -> z_{t_next}`` (``t_next > t``), eps evaluated at ``(z_t, t)``."""
         if not t_next > t:
             raise ValueError(f"an inversion step goes up in time, got {t} -> {t_next}")
-        return self.ddim_move(z_t, eps, t, t_next)
+        return self.ddim_move(z_t, eps, t, t_next, clip)
 
     def invert(self, z0: torch.Tensor, eps_model: Callable[[torch.Tensor, int], torch.Tensor], num_steps: int,
-               t_end: int | None = None, callback: Callable[[int], None] | None = None) -> torch.Tensor:
+               t_end: int | None = None, callback: Callable[[int], None] | None = None,
+               clip: float | None = None) -> torch.Tensor:
         """DDIM inversion of a clean latent to ``t_end`` in ``num_steps`` model calls."""
         ts = self.ddim_timesteps(num_steps, t_end).tolist()
         z = z0
         for i in range(num_steps):
-            z = self.inversion_step(eps_model(z, ts[i]), ts[i], ts[i + 1], z)
+            z = self.inversion_step(eps_model(z, ts[i]), ts[i], ts[i + 1], z, clip)
             if callback is not None:
                 callback(i)
         return z
 
     def sample(self, z_end: torch.Tensor, eps_model: Callable[[torch.Tensor, int], torch.Tensor], num_steps: int,
-               t_end: int | None = None, callback: Callable[[int], None] | None = None) -> torch.Tensor:
+               t_end: int | None = None, callback: Callable[[int], None] | None = None,
+               clip: float | None = None) -> torch.Tensor:
         """DDIM sampling from ``t_end`` down to timestep 0 in ``num_steps`` model calls."""
         ts = self.ddim_timesteps(num_steps, t_end).tolist()
         z = z_end
         for i in range(num_steps, 0, -1):
-            z = self.step(eps_model(z, ts[i]), ts[i], ts[i - 1], z)
+            z = self.step(eps_model(z, ts[i]), ts[i], ts[i - 1], z, clip)
             if callback is not None:
                 callback(num_steps - i)
         return z

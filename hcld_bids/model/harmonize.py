@@ -145,7 +145,7 @@ class Harmonizer:
 
     def harmonize(self, vol, style: Style, *, inversion_steps: int = 30, sampling_steps: int = 10, seed: int = 0,
                   mask=None, readapt_condition: bool = False, progress: ProgressFn | None = None,
-                  t_end: int | None = None) -> np.ndarray:
+                  t_end: int | None = None, z0_clip: float | None = None) -> np.ndarray:
         """Harmonize one ``(D, H, W)`` float32 volume in [0, 1]; returns a float32 array of the same shape.
 
         Args:
@@ -157,15 +157,18 @@ class Harmonizer:
             readapt_condition: before every UNet call replace the condition by ``AdaIN(condition, z)``.
             progress: ``progress(stage, done, total)`` with stage ``"inversion"`` or ``"sampling"``.
             t_end: last timestep of the inversion (default: the last training timestep).
+            z0_clip: clamp the clean-latent estimate of every DDIM step to ``[-z0_clip, z0_clip]`` (off by
+                default: it makes inversion lossy).
         """
         masks = None if mask is None else [mask]
         return self.harmonize_batch([vol], style, inversion_steps=inversion_steps, sampling_steps=sampling_steps,
                                     seed=seed, masks=masks, readapt_condition=readapt_condition, progress=progress,
-                                    t_end=t_end)[0]
+                                    t_end=t_end, z0_clip=z0_clip)[0]
 
     def harmonize_batch(self, vols: Sequence, style: Style, *, inversion_steps: int = 30, sampling_steps: int = 10,
                         seed: int = 0, masks: Sequence | None = None, readapt_condition: bool = False,
-                        progress: ProgressFn | None = None, t_end: int | None = None) -> list[np.ndarray]:
+                        progress: ProgressFn | None = None, t_end: int | None = None,
+                        z0_clip: float | None = None) -> list[np.ndarray]:
         """Harmonize several volumes of one grid in one batch (worth it on a GPU); see :meth:`harmonize`."""
         arrays = [self._check_volume(v) for v in vols]
         if len({a.shape for a in arrays}) != 1:
@@ -198,11 +201,13 @@ class Harmonizer:
                 return None if progress is None else (lambda i: progress(stage, i + 1, total))
 
             t0 = time.perf_counter()
-            z = self.schedule.invert(z, eps_model, inversion_steps, t_end, callback=report("inversion", inversion_steps))
+            z = self.schedule.invert(z, eps_model, inversion_steps, t_end, callback=report("inversion", inversion_steps),
+                                     clip=z0_clip)
             self._sync()
             timings["inversion"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            z = self.schedule.sample(z, eps_model, sampling_steps, t_end, callback=report("sampling", sampling_steps))
+            z = self.schedule.sample(z, eps_model, sampling_steps, t_end, callback=report("sampling", sampling_steps),
+                                     clip=z0_clip)
             self._sync()
             timings["sampling"] = time.perf_counter() - t0
 

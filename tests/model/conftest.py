@@ -44,12 +44,12 @@ REAL_SCANS = ["siemens_prismafit3T_xa30_s5_nonorm.nii.gz", "siemens_prismafit3T_
               "uih_umr770_3T_run1_2mm.nii.gz", "uih_umr770_3T_run2_2mm.nii.gz"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_ae_config() -> dict:
     return dict(TINY_AE)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_unet_config() -> dict:
     return dict(TINY_UNET)
 

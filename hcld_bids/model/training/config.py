@@ -80,5 +80,9 @@ class LDMTrainConfig(LoopConfig):
     adv_burn_in_epochs: float = 5.0
     grad_weight: float = 1e4
     grad_crop: int | None = 8  # latent voxels per axis of the decoded crop for the gradient loss; None = whole
+    # Clamp the clean-latent estimate to [-z0_clip, z0_clip] before the content/style/adversarial/gradient
+    # losses. The reference implementation's scheduler clamps to [-1, 1] by default; on unit-variance latents
+    # that clips a third of the values, and in our runs it made the noise loss diverge, so it is off.
+    z0_clip: float | None = None
     prototype_condition_prob: float = 0.0  # probability of conditioning on the target site's prototype
     same_site_prob: float = 0.0  # probability of drawing the condition from the source's own site

@@ -173,7 +173,7 @@ class _Stage2(TrainingRun):
                 z_f = adain(z_s, style_stats)
                 z_t = self.schedule.add_noise(z_f, noise, t)
                 eps_hat = self.unet(z_t, t, cond).float()
-                z0_hat = self.schedule.predict_z0(z_t, eps_hat, t)
+                z0_hat = self.schedule.predict_z0(z_t, eps_hat, t, cfg.z0_clip)
                 l_noise = losses.noise_loss(eps_hat, noise)
                 l_content = losses.content_loss(z_s, z0_hat)
                 l_style = (losses.gram_style_loss(z0_hat, real) if cfg.style_loss == "gram"
