@@ -15,12 +15,12 @@ from .errors import (BundleError, BundleIntegrityError, BundleNotFoundError, Bun
                      InputVolumeError, ModelError, UnknownSiteError)
 from .fusion import adain, channel_stats, instance_norm
 from .harmonize import Harmonizer, Style
-from .prototypes import SitePrototype, compute_site_prototype
+from .prototypes import SitePrototype, compute_scale_factor, compute_site_prototype
 from .unet import DiffusionUNet
 
 __all__ = [
     "AutoencoderKL", "DiffusionUNet", "NoiseSchedule", "ModelBundle", "load_bundle", "save_bundle", "add_prototypes",
-    "Harmonizer", "Style", "SitePrototype", "compute_site_prototype", "adain", "channel_stats", "instance_norm",
+    "Harmonizer", "Style", "SitePrototype", "compute_site_prototype", "compute_scale_factor", "adain", "channel_stats", "instance_norm",
     "ModelError", "BundleError", "BundleNotFoundError", "BundleIntegrityError", "BundleVersionError",
     "InputVolumeError", "UnknownSiteError", "CheckpointError",
 ]

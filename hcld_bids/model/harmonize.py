@@ -151,8 +151,8 @@ class Harmonizer:
         Args:
             style: from :meth:`style_from_site` or :meth:`style_from_volume`.
             inversion_steps / sampling_steps: UNet calls of DDIM inversion and of DDIM sampling.
-            seed: seeds torch's generators for the call (the DDIM path with eta = 0 draws no random numbers;
-                the seed makes any future stochastic option reproducible as well).
+            seed: seeds torch's generators during the call, without disturbing the caller's (the path itself,
+                posterior mean and DDIM with eta = 0, draws no random numbers).
             mask: optional ``(D, H, W)`` brain mask; the output is zero outside it.
             readapt_condition: before every UNet call replace the condition by ``AdaIN(condition, z)``.
             progress: ``progress(stage, done, total)`` with stage ``"inversion"`` or ``"sampling"``.
@@ -175,7 +175,13 @@ class Harmonizer:
             raise InputVolumeError("all volumes of a batch must have the same grid")
         if masks is not None and len(masks) != len(arrays):
             raise InputVolumeError("give one mask per volume")
-        torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return self._harmonize_batch(arrays, style, inversion_steps, sampling_steps, masks, readapt_condition,
+                                         progress, t_end, z0_clip)
+
+    def _harmonize_batch(self, arrays, style, inversion_steps, sampling_steps, masks, readapt_condition, progress,
+                         t_end, z0_clip) -> list[np.ndarray]:
         timings = {}
 
         t0 = time.perf_counter()

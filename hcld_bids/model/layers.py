@@ -72,7 +72,7 @@ class _OneDNNConv3d(torch.autograd.Function):
                                                              [True, False, False])[0]
         if ctx.needs_input_grad[1]:
             d = x.shape[2]
-            if s == 1 and x.shape[0] == 1 and d % 2 == 0 and d >= 2:
+            if s == 1 and k == 2 * p + 1 and x.shape[0] == 1 and d % 2 == 0 and d >= 2:
                 h = d // 2
                 xp = F.pad(x, (0, 0, 0, 0, p, p))
                 x2 = torch.cat([xp[:, :, : h + 2 * p], xp[:, :, h:]])

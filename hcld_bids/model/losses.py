@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fusion import channel_stats, instance_norm
+from .layers import Conv3d
 
 # ---------------------------------------------------------------------------------------------- stage 1
 
@@ -75,14 +76,14 @@ class PatchDiscriminator3D(nn.Module):
     def __init__(self, in_channels: int = 1, channels: int = 32, num_layers: int = 3) -> None:
         super().__init__()
         self._config = dict(in_channels=in_channels, channels=channels, num_layers=num_layers)
-        layers: list[nn.Module] = [nn.Conv3d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        layers: list[nn.Module] = [Conv3d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
         c = channels
         for i in range(1, num_layers):
-            layers += [nn.Conv3d(c, c * 2, 4, 2, 1, bias=False), nn.GroupNorm(min(8, c * 2), c * 2),
+            layers += [Conv3d(c, c * 2, 4, 2, 1, bias=False), nn.GroupNorm(min(8, c * 2), c * 2),
                        nn.LeakyReLU(0.2, inplace=True)]
             c *= 2
-        layers += [nn.Conv3d(c, c, 4, 1, 1, bias=False), nn.GroupNorm(min(8, c), c),
-                   nn.LeakyReLU(0.2, inplace=True), nn.Conv3d(c, 1, 4, 1, 1)]
+        layers += [Conv3d(c, c, 4, 1, 1, bias=False), nn.GroupNorm(min(8, c), c),
+                   nn.LeakyReLU(0.2, inplace=True), Conv3d(c, 1, 4, 1, 1)]
         self.net = nn.Sequential(*layers)
 
     @property
@@ -147,7 +148,7 @@ class LatentStyleDiscriminator(nn.Module):
         layers: list[nn.Module] = []
         c = in_channels
         for i, cout in enumerate(channels):
-            layers.append(nn.Conv3d(c, cout, 4, 2, 1, bias=False))
+            layers.append(Conv3d(c, cout, 4, 2, 1, bias=False))
             if i > 0:
                 layers.append(nn.GroupNorm(min(8, cout), cout))
             layers.append(nn.LeakyReLU(0.2, inplace=True))

@@ -8,7 +8,8 @@ from hcld_bids.model.layers import ResBlock, SelfAttention, Upsample, conv3d, gr
 
 @pytest.mark.parametrize("n,shape,k,stride,pad", [(1, (6, 5, 4), 3, 1, 1), (2, (6, 5, 4), 3, 1, 1),
                                                   (1, (7, 5, 4), 3, 1, 1), (1, (6, 5, 4), 1, 1, 0),
-                                                  (1, (7, 6, 5), 3, 2, 0)])
+                                                  (1, (7, 6, 5), 3, 2, 0), (1, (8, 6, 6), 4, 1, 1),
+                                                  (1, (8, 6, 6), 4, 2, 1)])
 def test_conv3d_matches_torch_conv_in_values_and_gradients(n, shape, k, stride, pad):
     torch.manual_seed(0)
     x = torch.randn(n, 4, *shape, dtype=torch.float32, requires_grad=True)
