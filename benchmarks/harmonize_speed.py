@@ -116,6 +116,12 @@ def agreement(h: Harmonizer, ref_ae, ref_unet, vol, device) -> dict:
 
 
 def peak_rss_mib() -> float:
+    """High-water mark of this process's resident memory. VmHWM starts afresh at exec, unlike ru_maxrss,
+    which Linux carries over from the forked parent."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

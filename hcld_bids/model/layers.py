@@ -122,14 +122,17 @@ def _owns(box: list) -> torch.Tensor:
 
 
 def run_blocks(blocks, x: torch.Tensor, *args) -> torch.Tensor:
-    """Apply ``blocks`` in order; without autograd each block owns (and may free or overwrite) its input."""
-    if torch.is_grad_enabled():
+    """Apply ``blocks`` in order. Without autograd every block but the first owns (and may free or
+    overwrite) its input; ``x`` itself is left untouched."""
+    blocks = list(blocks)
+    if torch.is_grad_enabled() or not blocks:
         for block in blocks:
             x = block(x, *args) if getattr(block, "takes_temb", False) else block(x)
         return x
-    box = [x]
+    first = blocks[0]
+    box = [first(x, *args) if getattr(first, "takes_temb", False) else first(x)]
     del x
-    for block in blocks:
+    for block in blocks[1:]:
         if hasattr(block, "forward_owned"):
             out = block.forward_owned(box, *args) if getattr(block, "takes_temb", False) else block.forward_owned(box)
         else:
@@ -297,12 +300,23 @@ class Upsample(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = Conv3d(channels, channels, 3, padding=1)
+        self._cache: tuple | None = None
 
     def parity_kernels(self) -> torch.Tensor:
         """``(8, C_out, C_in, 2, 2, 2)`` kernels, one per output parity (d, h, w) in row-major order."""
-        m = _PARITY_TAPS.to(self.conv.weight)
-        k = torch.einsum("pai,qbj,rck,oxijk->pqroxabc", m, m, m, self.conv.weight)
-        return k.reshape(8, *self.conv.weight.shape[:2], 2, 2, 2)
+        w = self.conv.weight
+        if torch.is_grad_enabled():
+            self._cache = None
+        else:  # the weights of a frozen network do not change between the 40 UNet calls of a volume
+            key = (w.data_ptr(), w._version, w.dtype, w.device)
+            if self._cache is not None and self._cache[0] == key:
+                return self._cache[1]
+        m = _PARITY_TAPS.to(w)
+        k = torch.einsum("pai,qbj,rck,oxijk->pqroxabc", m, m, m, w).reshape(8, *w.shape[:2], 2, 2, 2)
+        if not torch.is_grad_enabled():
+            self._cache = (key, k)
+            return self._cache[1]
+        return k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, d, h, w = x.shape

@@ -88,3 +88,25 @@ def test_attention_math_path_for_training_equals_sdpa():
     with torch.no_grad():
         infer = att(x)  # scaled_dot_product_attention
     torch.testing.assert_close(train.detach(), infer, rtol=1e-5, atol=1e-5)
+
+
+def test_run_blocks_without_autograd_leaves_the_callers_tensor_unchanged(monkeypatch):
+    monkeypatch.setattr(layers, "INPLACE_NORM_MIN_NUMEL", 1)
+    blocks = [ResBlock(4, 8, 4, 1e-6), ResBlock(8, 16, 4, 1e-6)]
+    x = torch.randn(1, 4, 4, 4, 4)
+    keep = x.clone()
+    with torch.inference_mode():
+        run_blocks(blocks, x)
+    assert torch.equal(x, keep)
+
+
+def test_cached_upsample_kernels_follow_weight_updates():
+    up = Upsample(3)
+    x = torch.randn(1, 3, 2, 3, 2)
+    with torch.no_grad():
+        first = up(x)
+        up.conv.weight.mul_(2)
+        second = up(x)
+        ref = up.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+    torch.testing.assert_close(second, ref, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(first, second)
