@@ -156,7 +156,9 @@ class Harmonizer:
             mask: optional ``(D, H, W)`` brain mask; the output is zero outside it.
             readapt_condition: before every UNet call replace the condition by ``AdaIN(condition, z)``.
             progress: ``progress(stage, done, total)`` with stage ``"inversion"`` or ``"sampling"``.
-            t_end: last timestep of the inversion (default: the last training timestep).
+            t_end: last timestep of the inversion and first of the sampling (default: the last training
+                timestep, abar = 1.4e-4, full inversion); smaller values keep more of the source, e.g.
+                t_end = 81 stops at abar = 0.86.
             z0_clip: clamp the clean-latent estimate of every DDIM step to ``[-z0_clip, z0_clip]`` (off by
                 default: it makes inversion lossy).
         """
