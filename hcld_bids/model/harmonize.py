@@ -175,8 +175,17 @@ class Harmonizer:
         arrays = [self._check_volume(v) for v in vols]
         if len({a.shape for a in arrays}) != 1:
             raise InputVolumeError("all volumes of a batch must have the same grid")
-        if masks is not None and len(masks) != len(arrays):
-            raise InputVolumeError("give one mask per volume")
+        if masks is not None:
+            if len(masks) != len(arrays):
+                raise InputVolumeError("give one mask per volume")
+            masks = [None if m is None else np.asarray(m) for m in masks]
+            for m in masks:
+                if m is not None and m.shape != arrays[0].shape:
+                    raise InputVolumeError(f"mask shape {m.shape} differs from the volume's {arrays[0].shape}")
+        latent = self.autoencoder.latent_shape(arrays[0].shape)
+        if tuple(style.latent.shape[1:]) != tuple(latent):
+            raise InputVolumeError(f"style latent {tuple(style.latent.shape[1:])} does not match the volume's latent "
+                                   f"{tuple(latent)}; the reference/prototype was made on another grid")
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
             return self._harmonize_batch(arrays, style, inversion_steps, sampling_steps, masks, readapt_condition,
@@ -190,9 +199,6 @@ class Harmonizer:
         z = self.encode(self._to_device(arrays))
         self._sync()
         timings["encode"] = time.perf_counter() - t0
-        if tuple(style.latent.shape[1:]) != tuple(z.shape[1:]):
-            raise InputVolumeError(f"style latent {tuple(style.latent.shape[1:])} does not match the volume's latent "
-                                   f"{tuple(z.shape[1:])}; the reference/prototype was made on another grid")
 
         with torch.inference_mode():
             z = adain(z, (style.channel_mean, style.channel_std))
@@ -227,9 +233,6 @@ class Harmonizer:
         for i, arr in enumerate(out):
             arr = np.ascontiguousarray(arr, dtype=np.float32)
             if masks is not None and masks[i] is not None:
-                m = np.asarray(masks[i])
-                if m.shape != arr.shape:
-                    raise InputVolumeError(f"mask shape {m.shape} differs from the volume's {arr.shape}")
-                arr[m <= 0] = 0.0
+                arr[masks[i] <= 0] = 0.0
             results.append(arr)
         return results

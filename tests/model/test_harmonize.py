@@ -97,6 +97,8 @@ def test_bad_inputs_are_refused_with_clear_errors(harmonizer):
         harmonizer.harmonize(np.full(GRID, np.nan, np.float32), style)
     with pytest.raises(InputVolumeError, match="another grid"):
         harmonizer.harmonize(np.zeros((16, 16, 16), np.float32), style)
+    with pytest.raises(InputVolumeError, match="mask shape"):
+        harmonizer.harmonize(np.zeros(GRID, np.float32), style, mask=np.ones((16, 16, 16)))
     with pytest.raises(UnknownSiteError, match="A"):
         harmonizer.style_from_site("nope")
 
