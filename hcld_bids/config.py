@@ -136,13 +136,21 @@ class TrainingConfig:
     adv_burn_in_epochs: int = 5
     #: Edge of the cubic random patches of stage 1; ``None``: whole volumes.
     patch_size: int | None = None
-    checkpoint_every: int = 1
+    checkpoint_every: int = 100
     resume: bool = True
     weight_content: float = 10.0
     weight_style: float = 10.0
     weight_adversarial: float = 1.0
     weight_gradient: float = 1e4
     weight_noise: float = 1.0
+    ae_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    latent_channels: int = 6
+    ae_steps: int | None = None
+    ldm_steps: int | None = None
+    prototype_condition_prob: float = 0.0
+    template_resolution: int = 2
+    add_site_prototypes: bool = False
 
 
 _SECTIONS = {

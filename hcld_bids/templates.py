@@ -47,17 +47,39 @@ def templateflow_home() -> Path:
     return Path(conf.TF_HOME)
 
 
+#: TemplateFlow's metadata of a template (resolutions, zooms); the derivatives writer reads it.
+DESCRIPTION_FILE = "template_description.json"
+
+
 def template_files(template: str, resolution: int) -> dict[str, Path]:
-    """Paths of the files the preprocessing needs, keyed ``"T1w"`` and ``"brain_mask"``.
+    """Paths of the files the pipeline needs, keyed ``"T1w"``, ``"brain_mask"`` and ``"description"``.
 
     These are the paths ``templateflow.api.get`` returns for the same query; they may not exist.
     """
     root = templateflow_home() / f"tpl-{template}"
     keys = {("T1w", None): "T1w", ("mask", "brain"): "brain_mask"}
-    return {
+    files = {
         keys[(suffix, desc)]: root / template_filename(template, resolution, suffix, desc)
         for suffix, desc in REQUIRED_FILES
     }
+    files["description"] = root / DESCRIPTION_FILE
+    return files
+
+
+def _skeleton_description(template: str) -> bytes | None:
+    """``template_description.json`` of ``template`` from the skeleton shipped in the templateflow package."""
+    import zipfile
+    from importlib.util import find_spec
+
+    spec = find_spec("templateflow")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    skeleton = Path(list(spec.submodule_search_locations)[0]) / "conf" / "templateflow-skel.zip"
+    try:
+        with zipfile.ZipFile(skeleton) as archive:
+            return archive.read(f"tpl-{template}/{DESCRIPTION_FILE}")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return None
 
 
 def _problem(path: Path) -> str | None:
@@ -66,6 +88,14 @@ def _problem(path: Path) -> str | None:
         return "missing"
     if path.stat().st_size == 0:
         return "an empty placeholder left by TemplateFlow"
+    if path.name.endswith(".json"):
+        import json
+
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError):
+            return "not valid JSON (a failed download?)"
+        return None
     with path.open("rb") as fh:
         if fh.read(2) != _GZIP_MAGIC:
             return "not a gzip-compressed NIfTI (a failed download?)"
@@ -140,5 +170,14 @@ def seed_templateflow_home(dest: str | os.PathLike) -> list[Path]:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        written.append(target)
+    for tpl_dir in sorted(base.glob("tpl-*")):
+        target = dest / tpl_dir.name / DESCRIPTION_FILE
+        content = _skeleton_description(tpl_dir.name[len("tpl-"):])
+        if content is None or (target.is_file() and target.stat().st_size > 0):
+            continue
+        tmp = target.with_name(f".{DESCRIPTION_FILE}.{os.getpid()}.tmp")
+        tmp.write_bytes(content)
+        os.replace(tmp, target)
         written.append(target)
     return written

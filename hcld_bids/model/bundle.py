@@ -294,11 +294,13 @@ def load_bundle(path, device="cpu") -> ModelBundle:
                        weights_sha256=dict(weights), sha256=bundle_digest(weights))
 
 
-def add_prototypes(bundle_path, site_volumes: dict, device="cpu", overwrite_sites: bool = False) -> ModelBundle:
+def add_prototypes(bundle_path, site_volumes: dict, device="cpu", overwrite_sites: bool = False,
+                   site_info: dict | None = None) -> ModelBundle:
     """Add (or with ``overwrite_sites`` replace) style prototypes of new sites without retraining.
 
-    ``site_volumes`` maps a site label to an iterable of ``(D, H, W)`` volumes on the bundle's grid. The
-    bundle is rewritten atomically; the returned bundle is the reloaded result.
+    ``site_volumes`` maps a site label to an iterable of ``(D, H, W)`` volumes on the bundle's grid;
+    ``site_info`` optionally maps a site label to extra manifest entries of that site (e.g. its intensity
+    histogram). The bundle is rewritten atomically; the returned bundle is the reloaded result.
     """
     bundle = load_bundle(bundle_path, device)
     clash = sorted(set(site_volumes) & set(bundle.prototypes))
@@ -311,6 +313,8 @@ def add_prototypes(bundle_path, site_volumes: dict, device="cpu", overwrite_site
     extra = {k: v for k, v in bundle.manifest.items()
              if k not in ("format_version", "weights", "sha256", "autoencoder", "unet", "noise_schedule",
                           "scale_factor", "prototypes", "versions", "created", "kind")}
+    for site, info in (site_info or {}).items():
+        extra.setdefault("sites", {}).setdefault(site, {}).update(info)
     save_bundle(bundle.path, bundle.autoencoder, bundle.unet, bundle.scale_factor, protos, extra,
                 schedule=bundle.schedule, overwrite=True)
     return load_bundle(bundle.path, device)
