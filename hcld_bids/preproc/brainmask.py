@@ -45,17 +45,27 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == sizes.argmax()
 
 
-def ball(radius: int) -> np.ndarray:
-    """Boolean ball of ``radius`` voxels, shape (2r+1,)*3."""
-    grid = np.indices((2 * radius + 1,) * 3) - radius
-    return (grid ** 2).sum(axis=0) <= radius ** 2
+def dilate(mask: np.ndarray, radius_mm: float, voxel_size_mm=1.0) -> np.ndarray:
+    """Dilation by a ball of ``radius_mm`` (through a Euclidean distance transform: fast for
+    large radii)."""
+    if not mask.any():
+        return mask.copy()
+    return ndi.distance_transform_edt(~mask, sampling=voxel_size_mm) <= radius_mm
 
 
-def closing(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Binary closing with a ball, padded so that the array border does not erode the result."""
-    padded = np.pad(mask, radius)
-    closed = ndi.binary_closing(padded, ball(radius))
-    return closed[(slice(radius, -radius),) * 3]
+def erode(mask: np.ndarray, radius_mm: float, voxel_size_mm=1.0) -> np.ndarray:
+    """Erosion by a ball of ``radius_mm``; voxels beyond the array count as background."""
+    padded = np.pad(mask, 1)
+    eroded = ndi.distance_transform_edt(padded, sampling=voxel_size_mm) > radius_mm
+    return eroded[(slice(1, -1),) * 3]
+
+
+def closing(mask: np.ndarray, radius_mm: float, voxel_size_mm=1.0) -> np.ndarray:
+    """Closing by a ball of ``radius_mm``; the array border does not erode the result."""
+    pad = int(np.ceil(radius_mm / np.min(voxel_size_mm))) + 1
+    padded = np.pad(mask, pad)
+    closed = ~dilate(~dilate(padded, radius_mm, voxel_size_mm), radius_mm, voxel_size_mm)
+    return closed[(slice(pad, -pad),) * 3]
 
 
 def refine_brain_mask(image: np.ndarray, template_mask: np.ndarray, voxel_size_mm: float,
@@ -80,9 +90,12 @@ def refine_brain_mask(image: np.ndarray, template_mask: np.ndarray, voxel_size_m
     template_mask = np.asarray(template_mask) > 0
     if image.shape != template_mask.shape:
         raise ValueError(f"image {image.shape} and template mask {template_mask.shape} differ in shape")
-    radius = max(1, int(round(band_mm / float(voxel_size_mm))))
-    dilated = ndi.binary_dilation(template_mask, ball(radius))
-    core = ndi.binary_erosion(template_mask, ball(radius))
+    voxel = float(voxel_size_mm)
+    # At least one voxel, rounded to whole voxels as a voxel-based structuring element would be.
+    band = max(1, int(round(band_mm / voxel))) * voxel
+    close = max(1, int(round(closing_mm / voxel))) * voxel
+    dilated = dilate(template_mask, band, voxel)
+    core = erode(template_mask, band, voxel)
     values = image[dilated]
     if values.size == 0 or values.max() <= values.min():
         return largest_component(ndi.binary_fill_holes(template_mask))
@@ -90,7 +103,7 @@ def refine_brain_mask(image: np.ndarray, template_mask: np.ndarray, voxel_size_m
     ceiling = np.percentile(image[core], FAT_PERCENTILE) if core.any() else np.inf
     fat = ~core & (image > ceiling)
     mask = core | (dilated & (image > threshold) & ~fat)
-    mask = closing(mask, max(1, int(round(closing_mm / float(voxel_size_mm)))))
+    mask = closing(mask, close, voxel)
     mask = ndi.binary_fill_holes(mask)
     # The closing may bridge over fat again; fat on the outline goes, while bright spots enclosed
     # by brain (vessels) are filled back.
