@@ -10,9 +10,12 @@ template is sure of and lets the subject's image decide near the outline:
    computed over that dilated region are added: brain tissue is bright on a T1w, while the CSF rim,
    bone and background are dark. Voxels brighter than the 99.5th percentile of ``core`` (fat of
    the scalp and bone marrow, brighter than any white matter) are not;
-3. a closing with the same radius puts back sulcal CSF between gyri, holes are filled (CSF inside
-   the brain), the fat voxels are taken out again and only the largest connected component is
-   kept (drops bits of scalp or eyes).
+3. a closing with a ``closing_mm`` ball puts back sulcal CSF between gyri and smooths the outline,
+   holes are filled (CSF inside the brain), fat voxels on the outline are taken out again and only the
+   largest connected component is kept (drops bits of scalp or eyes).
+
+Structuring elements are balls in millimetres, so the result does not depend on the grid's
+resolution more than the grid itself does.
 
 The input must be bias-corrected (N4), otherwise a global threshold cuts differently in bright and
 dark parts of the head.
@@ -26,6 +29,8 @@ from skimage.filters import threshold_otsu
 
 #: Width of the band around the template outline that the subject's intensities may change.
 DEFAULT_BAND_MM = 4.0
+#: Radius of the closing that fills sulci at the outline.
+DEFAULT_CLOSING_MM = 6.0
 #: Band voxels brighter than this percentile of the core (mostly white matter) are taken for fat.
 FAT_PERCENTILE = 99.5
 
@@ -40,8 +45,32 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == sizes.argmax()
 
 
+def dilate(mask: np.ndarray, radius_mm: float, voxel_size_mm=1.0) -> np.ndarray:
+    """Dilation by a ball of ``radius_mm`` (through a Euclidean distance transform: fast for
+    large radii)."""
+    if not mask.any():
+        return mask.copy()
+    return ndi.distance_transform_edt(~mask, sampling=voxel_size_mm) <= radius_mm
+
+
+def erode(mask: np.ndarray, radius_mm: float, voxel_size_mm=1.0) -> np.ndarray:
+    """Erosion by a ball of ``radius_mm``; voxels beyond the array count as background."""
+    padded = np.pad(mask, 1)
+    eroded = ndi.distance_transform_edt(padded, sampling=voxel_size_mm) > radius_mm
+    return eroded[(slice(1, -1),) * 3]
+
+
+def closing(mask: np.ndarray, radius_mm: float, voxel_size_mm=1.0) -> np.ndarray:
+    """Closing by a ball of ``radius_mm``; the array border does not erode the result."""
+    pad = int(np.ceil(radius_mm / np.min(voxel_size_mm))) + 1
+    padded = np.pad(mask, pad)
+    closed = ~dilate(~dilate(padded, radius_mm, voxel_size_mm), radius_mm, voxel_size_mm)
+    return closed[(slice(pad, -pad),) * 3]
+
+
 def refine_brain_mask(image: np.ndarray, template_mask: np.ndarray, voxel_size_mm: float,
-                      band_mm: float = DEFAULT_BAND_MM) -> np.ndarray:
+                      band_mm: float = DEFAULT_BAND_MM,
+                      closing_mm: float = DEFAULT_CLOSING_MM) -> np.ndarray:
     """Subject brain mask on the template grid.
 
     Parameters
@@ -61,10 +90,12 @@ def refine_brain_mask(image: np.ndarray, template_mask: np.ndarray, voxel_size_m
     template_mask = np.asarray(template_mask) > 0
     if image.shape != template_mask.shape:
         raise ValueError(f"image {image.shape} and template mask {template_mask.shape} differ in shape")
-    radius = max(1, int(round(band_mm / float(voxel_size_mm))))
-    cross = ndi.generate_binary_structure(3, 1)
-    dilated = ndi.binary_dilation(template_mask, cross, iterations=radius)
-    core = ndi.binary_erosion(template_mask, cross, iterations=radius)
+    voxel = float(voxel_size_mm)
+    # At least one voxel, rounded to whole voxels as a voxel-based structuring element would be.
+    band = max(1, int(round(band_mm / voxel))) * voxel
+    close = max(1, int(round(closing_mm / voxel))) * voxel
+    dilated = dilate(template_mask, band, voxel)
+    core = erode(template_mask, band, voxel)
     values = image[dilated]
     if values.size == 0 or values.max() <= values.min():
         return largest_component(ndi.binary_fill_holes(template_mask))
@@ -72,7 +103,8 @@ def refine_brain_mask(image: np.ndarray, template_mask: np.ndarray, voxel_size_m
     ceiling = np.percentile(image[core], FAT_PERCENTILE) if core.any() else np.inf
     fat = ~core & (image > ceiling)
     mask = core | (dilated & (image > threshold) & ~fat)
-    mask = ndi.binary_closing(mask, cross, iterations=radius)
+    mask = closing(mask, close, voxel)
     mask = ndi.binary_fill_holes(mask)
-    # The closing may bridge over fat again; it never belongs to the brain.
-    return largest_component(mask & ~fat)
+    # The closing may bridge over fat again; fat on the outline goes, while bright spots enclosed
+    # by brain (vessels) are filled back.
+    return largest_component(ndi.binary_fill_holes(mask & ~fat))

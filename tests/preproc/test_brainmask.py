@@ -54,3 +54,19 @@ def test_largest_component_keeps_only_the_biggest_blob():
     mask[12:14, 12:14, 12:14] = True
     kept = largest_component(mask)
     assert kept.sum() == 216 and not kept[12:14, 12:14, 12:14].any()
+
+
+def test_distance_based_morphology_equals_ball_structuring_elements():
+    from scipy import ndimage as ndi
+
+    from hcld_bids.preproc.brainmask import closing, dilate, erode
+
+    rng = np.random.default_rng(1)
+    mask = ndi.binary_opening(rng.random((30, 30, 30)) > 0.4)
+    grid = np.indices((7, 7, 7)) - 3
+    ball3 = (grid ** 2).sum(axis=0) <= 9
+    np.testing.assert_array_equal(dilate(mask, 3.0), ndi.binary_dilation(mask, ball3))
+    np.testing.assert_array_equal(erode(mask, 3.0), ndi.binary_erosion(mask, ball3))
+    padded = np.pad(mask, 4)
+    expected = ndi.binary_erosion(ndi.binary_dilation(padded, ball3), ball3)[4:-4, 4:-4, 4:-4]
+    np.testing.assert_array_equal(closing(mask, 3.0), expected)
