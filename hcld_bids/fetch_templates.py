@@ -4,6 +4,7 @@ Run it where there is internet (e.g. when building the container), with the TEMP
 compute nodes will use::
 
     python -m hcld_bids.fetch_templates --template MNI152NLin6Asym --resolution 2
+    python -m hcld_bids.fetch_templates --model path/to/model_bundle   # what that model needs
 
 ``--offline`` copies the files shipped in the package instead (MNI152NLin6Asym at 2 mm only; its
 brain mask is the project's derived one, see the NOTICE next to it). Either way the files are then
@@ -22,8 +23,9 @@ def fetch(template: str, resolution: int) -> None:
     """Download missing or empty required files through the TemplateFlow client."""
     from templateflow import api
 
-    from .templates import REQUIRED_FILES, check_templates
+    from .templates import REQUIRED_FILES, check_templates, templateflow_home, write_template_description
 
+    write_template_description(templateflow_home(), template)
     try:
         check_templates(template, resolution)
         return  # already complete: no network needed
@@ -41,12 +43,30 @@ def fetch(template: str, resolution: int) -> None:
             ) from exc
 
 
+def model_templates(model_dir) -> tuple[str, list[int]]:
+    """Template name and resolutions named by a model bundle's manifest (``preprocessing`` block)."""
+    import json
+    from pathlib import Path
+
+    manifest = Path(model_dir) / "manifest.json"
+    try:
+        spec = json.loads(manifest.read_text())["preprocessing"]
+        return str(spec["template"]), [int(spec["resolution"])]
+    except FileNotFoundError:
+        raise MissingInputError(f"{manifest} does not exist; give a model bundle directory to --model") from None
+    except (ValueError, KeyError, TypeError):
+        raise MissingInputError(f"{manifest} has no usable 'preprocessing' block (template, resolution); "
+                                "give a model bundle written by hcld-bids") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hcld_bids.fetch_templates",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--template", default="MNI152NLin6Asym")
     parser.add_argument("--resolution", type=int, action="append",
                         help="TemplateFlow resolution index (repeatable; default 2)")
+    parser.add_argument("--model", metavar="DIR",
+                        help="a model bundle: fetch the template and resolution its manifest names")
     parser.add_argument("--offline", action="store_true",
                         help="copy the package's offline templates instead of downloading")
     args = parser.parse_args(argv)
@@ -55,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     from .templates import check_templates, seed_templateflow_home, templateflow_home
 
     try:
+        if args.model:
+            args.template, resolutions = model_templates(args.model)
         if args.offline:
             seed_templateflow_home(templateflow_home())
         else:

@@ -172,12 +172,23 @@ def seed_templateflow_home(dest: str | os.PathLike) -> list[Path]:
                 os.unlink(tmp)
         written.append(target)
     for tpl_dir in sorted(base.glob("tpl-*")):
-        target = dest / tpl_dir.name / DESCRIPTION_FILE
-        content = _skeleton_description(tpl_dir.name[len("tpl-"):])
-        if content is None or (target.is_file() and target.stat().st_size > 0):
-            continue
-        tmp = target.with_name(f".{DESCRIPTION_FILE}.{os.getpid()}.tmp")
-        tmp.write_bytes(content)
-        os.replace(tmp, target)
-        written.append(target)
+        target = write_template_description(dest, tpl_dir.name[len("tpl-"):])
+        if target is not None:
+            written.append(target)
     return written
+
+
+def write_template_description(home: str | os.PathLike, template: str) -> Path | None:
+    """Write ``tpl-<template>/template_description.json`` into ``home`` from the templateflow package's own
+    skeleton, unless a non-empty one is there; return the path written, or None."""
+    target = Path(home) / f"tpl-{template}" / DESCRIPTION_FILE
+    if target.is_file() and target.stat().st_size > 0:
+        return None
+    content = _skeleton_description(template)
+    if content is None:
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{DESCRIPTION_FILE}.{os.getpid()}.tmp")
+    tmp.write_bytes(content)
+    os.replace(tmp, target)
+    return target

@@ -40,7 +40,7 @@ def test_templateflow_home_is_the_seeded_test_directory(templateflow_home):
 
 def test_check_templates_returns_existing_files_of_seeded_home():
     files = check_templates(TPL, 2)
-    assert set(files) == {"T1w", "brain_mask"}
+    assert set(files) == {"T1w", "brain_mask", "description"}
     assert all(path.is_file() and path.stat().st_size > 0 for path in files.values())
 
 
@@ -95,7 +95,7 @@ def test_template_files_are_the_paths_templateflow_returns(tmp_path):
         "ours = template_files('MNI152NLin6Asym', 2)\n"
         "theirs = {'T1w': api.get('MNI152NLin6Asym', resolution=2, suffix='T1w', desc=None, extension='.nii.gz'),\n"
         "          'brain_mask': api.get('MNI152NLin6Asym', resolution=2, suffix='mask', desc='brain', extension='.nii.gz')}\n"
-        "print(json.dumps({k: [str(ours[k]), str(theirs[k])] for k in ours}))\n"
+        "print(json.dumps({k: [str(ours[k]), str(theirs[k])] for k in theirs}))\n"
     )
     result = _run_python(code, home)
     assert result.returncode == 0, result.stderr

@@ -43,8 +43,6 @@ class HarmonizationQC(SimpleInterface):
                 raise ValueError(f"{self.inputs.model_manifest}: site {self.inputs.target_site!r} has no "
                                  "intensity_histogram; rebuild its prototype with this version of hcld-bids")
             edges, density = np.asarray(hist["edges"], float), np.asarray(hist["density"], float)
-        preproc = np.asarray(nib.load(self.inputs.t1w_preproc).dataobj, dtype=np.float32)
-        harmonized = np.asarray(nib.load(self.inputs.harmonized).dataobj, dtype=np.float32)
-        mask = np.asarray(nib.load(self.inputs.brain_mask).dataobj) > 0
-        self._results["qc"] = image_qc(preproc, harmonized, mask, edges, density)
+        images = [nib.load(f) for f in (self.inputs.t1w_preproc, self.inputs.harmonized, self.inputs.brain_mask)]
+        self._results["qc"] = image_qc(*images, edges, density)
         return runtime

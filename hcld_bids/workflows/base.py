@@ -124,6 +124,19 @@ def _t1w_label(record) -> str:
     return "_".join(ents)
 
 
+def subject_wf_name(subject: str) -> str:
+    return f"sub_{_safe_name(subject)}_wf"
+
+
+def t1w_wf_name(record) -> str:
+    """Name of a T1w's sub-workflow; the train level uses the same names, so that a participant run in the
+    same work directory reuses the preprocessing done for training."""
+    return _safe_name("t1w", record.session and f"ses_{record.session}",
+                      record.acquisition and f"acq_{record.acquisition}",
+                      record.entities.get("reconstruction") and f"rec_{record.entities['reconstruction']}",
+                      record.run is not None and f"run_{record.run}") + "_wf"
+
+
 def _provenance(static, style, device, wall_time, timings, low, high):
     """The "HCLD" block of the harmonized image's sidecar."""
     block = dict(static)
@@ -252,7 +265,7 @@ def init_hcld_wf(config, records, model: ModelInfo, device: str):
     for record in records:
         by_subject[record.subject].append(record)
     for subject, subject_records in sorted(by_subject.items()):
-        subject_wf = pe.Workflow(name=f"sub_{_safe_name(subject)}_wf")
+        subject_wf = pe.Workflow(name=subject_wf_name(subject))
         subject_wf.config["execution"] = {
             "crashdump_dir": str(config.execution.output_dir / f"sub-{subject}" / "log" / config.execution.run_uuid),
             "crashfile_format": "txt",
@@ -261,11 +274,7 @@ def init_hcld_wf(config, records, model: ModelInfo, device: str):
             "hash_method": "content",
         }
         for record in subject_records:
-            name = _safe_name("t1w", record.session and f"ses_{record.session}",
-                              record.acquisition and f"acq_{record.acquisition}",
-                              record.entities.get("reconstruction") and f"rec_{record.entities['reconstruction']}",
-                              record.run is not None and f"run_{record.run}") + "_wf"
-            t1w_wf = init_single_t1w_wf(config, model, record, device, name=name)
+            t1w_wf = init_single_t1w_wf(config, model, record, device, name=t1w_wf_name(record))
             subject_wf.add_nodes([t1w_wf])
         for node in subject_wf._get_all_nodes():
             node.config = deepcopy(subject_wf.config)

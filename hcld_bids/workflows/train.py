@@ -53,29 +53,44 @@ def _label(record) -> str:
 
 
 def init_train_preproc_wf(config, records, *, template: str, resolution: int, grid, registration: str):
-    """One anatomical preprocessing per T1w; its model-grid outputs copied to ``<work>/train/inputs``."""
+    """One anatomical preprocessing per T1w; its model-grid outputs copied to ``<work>/train/inputs``.
+
+    Workflow and node names are those of the participant level (``hcld_bids_wf/sub_*_wf/t1w*_wf/
+    anat_preproc_wf``), so a participant run in the same work directory finds these results cached.
+    """
+    from collections import defaultdict
+
     from nipype.interfaces import utility as niu
     from nipype.pipeline import engine as pe
 
     from .anatomical import init_anat_preproc_wf
-    from .base import _safe_name
+    from .base import subject_wf_name, t1w_wf_name
 
-    workflow = pe.Workflow(name="hcld_train_preproc_wf", base_dir=str(config.execution.work_dir))
+    workflow = pe.Workflow(name="hcld_bids_wf", base_dir=str(config.execution.work_dir))
     outdir = training_inputs_dir(config)
     outdir.mkdir(parents=True, exist_ok=True)
+    by_subject = defaultdict(list)
     for record in records:
-        label = _label(record)
-        anat = init_anat_preproc_wf(template=template, resolution=resolution, grid=grid,
-                                    registration=registration, omp_nthreads=config.nipype.omp_nthreads,
-                                    name=_safe_name(label) + "_wf")
-        anat.inputs.inputnode.t1w = str(record.path)
-        export = pe.Node(niu.Function(function=_export, input_names=["model_t1w", "model_mask", "dest_t1w",
-                                                                     "dest_mask"], output_names=["out"]),
-                         name=_safe_name(label) + "_export", run_without_submitting=True)
-        export.inputs.dest_t1w = str(outdir / f"{label}_t1w.nii.gz")
-        export.inputs.dest_mask = str(outdir / f"{label}_mask.nii.gz")
-        workflow.connect([(anat, export, [("outputnode.model_t1w", "model_t1w"),
-                                          ("outputnode.model_mask", "model_mask")])])
+        by_subject[record.subject].append(record)
+    for subject, subject_records in sorted(by_subject.items()):
+        subject_wf = pe.Workflow(name=subject_wf_name(subject))
+        for record in subject_records:
+            label = _label(record)
+            t1w_wf = pe.Workflow(name=t1w_wf_name(record))
+            anat = init_anat_preproc_wf(template=template, resolution=resolution, grid=grid,
+                                        registration=registration, omp_nthreads=config.nipype.omp_nthreads)
+            inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
+            inputnode.inputs.t1w = str(record.path)
+            export = pe.Node(niu.Function(function=_export, input_names=["model_t1w", "model_mask", "dest_t1w",
+                                                                         "dest_mask"], output_names=["out"]),
+                             name="export_training_input", run_without_submitting=True)
+            export.inputs.dest_t1w = str(outdir / f"{label}_t1w.nii.gz")
+            export.inputs.dest_mask = str(outdir / f"{label}_mask.nii.gz")
+            t1w_wf.connect([(inputnode, anat, [("t1w", "inputnode.t1w")]),
+                            (anat, export, [("outputnode.model_t1w", "model_t1w"),
+                                            ("outputnode.model_mask", "model_mask")])])
+            subject_wf.add_nodes([t1w_wf])
+        workflow.add_nodes([subject_wf])
     return workflow
 
 

@@ -131,11 +131,6 @@ def test_demo_model_that_the_image_fetches_templates_for_is_installed_package_da
     assert any(fnmatch.fnmatch(f"{relative}/manifest.json", pattern) for pattern in patterns)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hcld_bids.fetch_templates is written on another branch; when it is merged this test must "
-    "pass (then remove this marker)",
-)
 def test_template_fetch_step_uses_options_of_the_package_fetch_script(dockerfile):
     (fetch,) = [value for value in dockerfile.all("RUN") if "hcld_bids.fetch_templates" in value]
     command = fetch.split("&&")[0]
