@@ -8,8 +8,9 @@ robust 0.5/99.5 percentile scaling to [0, 1]), cached as .npy in --work.
 
 Cases (input -> output):
 
-- honest: the same head at another simulated site (all ordered site pairs); the input histogram-matched
-  to another site and blurred (FWHM 3 mm, like an autoencoder's reconstruction); gamma and sigmoid
+- honest: the same head at another simulated site (all ordered site pairs); the input's brain
+  histogram-matched to another site, skull-stripped and blurred (FWHM 3 mm, like the reconstruction of
+  an autoencoder fed brain-only images: the edge darkens toward the background); gamma and sigmoid
   remappings with noise; blur FWHM 4 mm; noise;
 - damage: the whole image shifted by 2 or 4 mm; a smooth random warp of 2 or 4 mm; blur FWHM 8 mm; a
   16 mm-radius region blurred away; a 24 mm block moved by 4 mm; a dark 8 mm-radius blob in white
@@ -178,8 +179,10 @@ def main(argv=None) -> int:
         images = {site: np.load(args.work / f"{subject}_{site}.npy") for site in SITES}
         for a, b in itertools.permutations(SITES, 2):
             record("honest: same head, other site", images[a], images[b])
+            # brain only before blurring, as a model fed skull-stripped images sees it: the output's
+            # edge darkens toward the zero background
             record("honest: hist-matched to other site + blur 3mm", images[a],
-                   blur(histogram_match(images[a], images[b], mask), 3))
+                   blur(histogram_match(images[a], images[b], mask) * mask, 3))
         x = images["siteA"]
         record("honest: gamma 0.5 + noise 0.03", x, noise(x**0.5, 0.03))
         record("honest: gamma 2 + noise 0.03", x, noise(x**2, 0.03))
