@@ -122,7 +122,37 @@ def test_html_escapes_values_and_links_the_references(tmp_path):
 
 
 def test_boilerplate_dir_is_the_top_level_directory_in_a_source_checkout():
-    assert boilerplate.boilerplate_dir() == Path(__file__).resolve().parents[2] / "boilerplate"
+    assert boilerplate.boilerplate_dir().resolve() == Path(__file__).resolve().parents[2] / "boilerplate"
+
+
+@pytest.mark.slow
+def test_an_installed_package_writes_the_citation_from_its_own_copy(tmp_path):
+    """``pip install . --target`` (no editable install) carries boilerplate/ into hcld_bids/data."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.rst", "boilerplate"):
+        if (repo / name).is_dir():
+            shutil.copytree(repo / name, source / name)
+        elif (repo / name).exists():
+            shutil.copy2(repo / name, source / name)
+    shutil.copytree(repo / "hcld_bids", source / "hcld_bids", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", str(source), "--target", str(target), "--no-deps",
+                    "--no-build-isolation", "--quiet"], check=True, capture_output=True, timeout=300)
+    installed = target / "hcld_bids" / "data" / "boilerplate"
+    assert not installed.is_symlink() and (installed / "references.bib").is_file()
+    script = ("import sys; from hcld_bids.reports import boilerplate as b; "
+              "print(b.boilerplate_dir()); b.write_citation(sys.argv[1], b.citation_context(target_site='X'))")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out")], capture_output=True, text=True,
+                            cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": ""}, check=True, timeout=120)
+    assert result.stdout.strip() == str(installed)
+    assert "(Wu et al., 2024)" in (tmp_path / "out" / "logs" / "CITATION.md").read_text()
 
 
 def test_citing_an_unknown_key_is_an_error(tmp_path, monkeypatch):
