@@ -383,7 +383,12 @@ def _analyses(records, rows, feats, ages) -> dict:
 def _write_report(output_dir, records, rows, feats, slices, strays, ages, bids_dir) -> Path:
     from .participant import FLAG_TEXT, template_environment
 
-    analysis = _analyses(records, rows, feats, ages)
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread: the matrices are small and wide, and OpenBLAS threads that wait on each other
+    # made PCA ten times slower on a busy 2-core machine than one thread
+    with threadpool_limits(limits=1, user_api="blas"):
+        analysis = _analyses(records, rows, feats, ages)
     colors = analysis["colors"]
     figs = {}
     if analysis["hist_before"]:
