@@ -48,7 +48,7 @@ def test_methods_text_carries_the_settings_of_the_run(participant_context):
     versions = participant_context["versions"]
     for fragment in ("MNI152NLin6Asym", "2 mm isotropic", "0.5th and 99.5th percentiles", "80 x 96 x 80",
                      'site "siteB"', "(n = 28)", "25 deterministic DDIM steps", "7 DDIM sampling steps",
-                     '"ixi-4site"', "3f2a9c000000", "89 T1w images from 3 sites", "siteC: 31",
+                     'was "ixi-4site" (SHA-256 of its weights 3f2a9c000000...)', "89 T1w images from 3 sites", "siteC: 31",
                      "16, 32 and 32 feature channels", "4-fold downsampling", "6 latent channels",
                      "1000-step noise schedule", "a CUDA GPU (cuda:0)", "random seed 42",
                      f"hcld-bids {versions['hcld-bids']}", f"Nipype {versions['nipype']}",
@@ -110,7 +110,7 @@ def test_reference_image_replaces_the_target_site(tmp_path):
 
 def test_text_without_a_manifest_leaves_unknown_numbers_out(tmp_path):
     text = boilerplate.render_markdown(boilerplate.citation_context(_config(tmp_path, target_site="A")))
-    assert "None" not in text and "()" not in text and "had been trained" not in text
+    assert "None" not in text and "()" not in text and "had been trained" not in text and "The model was" not in text
 
 
 def test_html_escapes_values_and_links_the_references(tmp_path):
