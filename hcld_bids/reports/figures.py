@@ -268,8 +268,9 @@ def classifier_bars(results: Sequence[Mapping]) -> Figure:
     for i, r in enumerate(results):
         ax.hlines(r["chance"], i - 0.45, i + 0.45, colors="#d62728", linestyles="--", linewidth=2,
                   label="chance (majority site)" if i == 0 else None)
-        ax.text(i - width / 2, before[i] + 0.02, f"{before[i]:.2f}", ha="center", va="bottom")
-        ax.text(i + width / 2, after[i] + 0.02, f"{after[i]:.2f}", ha="center", va="bottom")
+        # values inside the bars, clear of the error bars
+        for offset, value in ((-width / 2, before[i]), (width / 2, after[i])):
+            ax.text(i + offset, 0.03, f"{value:.2f}", ha="center", va="bottom", color="white", fontweight="bold")
     ax.set_xticks(x, [r["features"] for r in results])
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("site classification accuracy")

@@ -19,6 +19,7 @@ from pathlib import Path
 import jinja2
 import nibabel as nib
 import numpy as np
+from markupsafe import Markup
 
 from .. import __version__
 from ..bids.atomic import atomic_write_text
@@ -52,7 +53,8 @@ def template_environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _num
-    env.globals["css"] = (TEMPLATES / "report.css").read_text()
+    # our own style sheet, inlined verbatim (escaping would turn its quotes into entities and break it)
+    env.globals["css"] = Markup((TEMPLATES / "report.css").read_text())
     env.globals["flag_text"] = FLAG_TEXT
     return env
 
