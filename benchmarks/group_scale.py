@@ -4,7 +4,7 @@
 
 Outputs are written the way the participant level writes them (91 x 109 x 91 float32 NIfTI-gz images,
 JSON sidecars with the HCLD and QC blocks): ``--variants`` distinct images per site are made from the
-vendored real scans (tests/data/t1w, three sites, one damaged output among them), then every
+vendored real scans (hcld_bids/data/t1w, three sites, one damaged output among them), then every
 participant gets a byte copy of one variant under its own name, so that all N x 3 files are distinct
 files that the group level must read and decompress. participants.tsv carries ages. Prints the time
 of generating the outputs and of the group level (table + report), per image and in total.
@@ -34,7 +34,7 @@ from hcld_bids.reports.synthetic import (  # noqa: E402
     write_participants_tsv,
 )
 
-SCANS = REPO / "tests" / "data" / "t1w"
+SCANS = REPO / "hcld_bids" / "data" / "t1w"
 SITES = {
     "siteA": [SCANS / "siemens_prismafit3T_xa30_s6_norm.nii.gz"],
     "siteB": [SCANS / "siemens_prismafit3T_xa30_s5_nonorm.nii.gz"],

@@ -249,19 +249,20 @@ class Config:
         ]
 
 
-def resolve_model(model: str | os.PathLike | None, output_dir: Path, analysis_level: str) -> tuple[Path, str]:
+def resolve_model(model: str | os.PathLike | None, output_dir: Path, analysis_level: str,
+                  add_prototypes: bool = False) -> tuple[Path, str]:
     """Choose the model bundle directory; return it and how it was chosen.
 
     - ``--model`` given: that directory, ``"argument"``.
     - ``train`` level without ``--model``: ``OUTPUT_DIR/models/hcld`` (where it will write),
-      ``"train-output"``.
+      ``"train-output"`` (with ``--add-site-prototypes``: the model to add them to, chosen as below).
     - otherwise ``OUTPUT_DIR/models/hcld`` when it holds a bundle manifest (a previous ``train`` run),
       ``"trained"``; else the demo model shipped in the package, ``"demo"``.
     """
     if model is not None:
         return Path(model).absolute(), "argument"
     trained = output_dir / TRAINED_MODEL_SUBDIR
-    if analysis_level == "train":
+    if analysis_level == "train" and not add_prototypes:
         return trained, "train-output"
     if (trained / MODEL_MANIFEST_NAME).is_file():
         return trained, "trained"

@@ -44,16 +44,16 @@ def templateflow_home() -> Path:
 
 @pytest.fixture(scope="session")
 def t1w_dir() -> Path:
-    """Vendored real 3 mm T1w scans (BSD-2, see tests/data/t1w/NOTICE.rst)."""
+    """Vendored real 3 mm T1w scans (BSD-2, see hcld_bids/data/t1w/NOTICE.rst)."""
     return Path(__file__).parent / "data" / "t1w"
 
 
-SCANS_DIR = Path(__file__).parent / "data" / "t1w"
+SCANS_DIR = Path(__file__).parents[1] / "hcld_bids" / "data" / "t1w"
 
 
 @pytest.fixture(scope="session")
 def scans_dir() -> Path:
-    """The real 3 mm T1w scans vendored under tests/data/t1w."""
+    """The real 3 mm T1w scans vendored under hcld_bids/data/t1w."""
     return SCANS_DIR
 
 

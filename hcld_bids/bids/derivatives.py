@@ -32,7 +32,8 @@ CONTAINER_URI_ENV = "HCLD_CONTAINER_URI"
 #: Outputs that are not BIDS files (reports, logs, model bundles, group tables), hidden from the
 #: validator by OUTPUT_DIR/.bidsignore. Directory patterns without a trailing slash: bids-validator-deno
 #: only ignores a directory itself that way.
-BIDSIGNORE_PATTERNS = ("logs", "models", "sub-*/figures", "sub-*/log", "*.html", "group_*")
+BIDSIGNORE_PATTERNS = ("logs", "models", "sub-*/figures", "sub-*/log", "*.html", "group_*",
+                       "*_xfm.*")  # transforms: not in the BIDS specification yet (as fMRIPrep)
 README_TEXT = """\
 hcld-bids derivatives
 =====================

@@ -139,7 +139,8 @@ def build_config(args: argparse.Namespace) -> Config:
     if args.mem_gb is not None:
         plugin_args.setdefault("memory_gb", args.mem_gb)
 
-    model, model_source = resolve_model(args.model, output_dir, level)
+    model, model_source = resolve_model(args.model, output_dir, level,
+                                        add_prototypes=bool(getattr(args, "add_site_prototypes", False)))
     if model_source == "argument" and level != "train" and not model.is_dir():
         raise MissingInputError(f"--model {model} does not exist (give a model bundle directory)")
     if model_source == "demo" and level == "participant":

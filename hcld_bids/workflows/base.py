@@ -326,8 +326,30 @@ def run_workflow(workflow, config) -> None:
         raise HCLDError(f"{' '.join(str(err).split())[:300]}{where}") from None
 
 
-def run_participant(config, records) -> int:
-    """Preprocess and harmonize every selected T1w; write derivatives, reports and boilerplate."""
+def write_boilerplate(config, manifest=None, **overrides) -> Path:
+    """Write ``OUTPUT_DIR/logs/CITATION.{md,bib,html}`` describing this run; returns the Markdown file."""
+    from ..reports.boilerplate import citation_context, write_citation
+
+    context = citation_context(config, manifest, **overrides)
+    return write_citation(config.execution.output_dir, context)["md"]
+
+
+def write_participant_reports(config, subjects) -> list[Path]:
+    """Write ``OUTPUT_DIR/sub-<label>.html`` for each subject that has outputs (others are skipped)."""
+    from ..errors import NoDataError
+    from ..reports.participant import write_participant_report
+
+    written = []
+    for subject in sorted(set(subjects)):
+        try:
+            written.append(write_participant_report(config.execution.output_dir, subject, config=config))
+        except NoDataError as err:
+            LOGGER.warning("%s", err)
+    return written
+
+
+def _participant_checks(config, records):
+    """Everything that can fail before the workflow runs; returns the model and the torch device."""
     from ..bids.sites import check_target_site
 
     model = open_model(config.workflow.model, source=config.workflow.model_source)
@@ -343,6 +365,26 @@ def run_participant(config, records) -> int:
             raise UsageError(f"--output-spaces {space}: the model {model.path} works in {model.template}; "
                              f"use {model.template} and/or T1w")
     device = resolve_torch_device(config.workflow.device)
+    return model, device
+
+
+def run_participant(config, records) -> int:
+    """Preprocess and harmonize every selected T1w; write derivatives, reports and boilerplate."""
+    model, device = _participant_checks(config, records)
+    subjects = [r.subject for r in records]
+    if config.execution.boilerplate_only:
+        path = write_boilerplate(config, model.manifest, device=device)
+        LOGGER.info("methods boilerplate written to %s", path)
+        return 0
+    if config.execution.reports_only:
+        written = write_participant_reports(config, subjects)
+        if not written:
+            from ..errors import NoDataError
+
+            raise NoDataError(f"{config.execution.output_dir} holds no outputs of the selected participants; "
+                              "run the participant level before --reports-only")
+        LOGGER.info("%d participant report(s) written", len(written))
+        return 0
     check_memory(config, model)
     check_t1w_images(records)
 
@@ -350,7 +392,18 @@ def run_participant(config, records) -> int:
     LOGGER.info("harmonizing %d T1w image(s) with model %s (%s) on %s", len(records), model.name,
                 model.sha256[:12], device)
     run_workflow(workflow, config)
+    write_boilerplate(config, model.manifest, device=device)
+    write_participant_reports(config, subjects)
     LOGGER.info("outputs written to %s", config.execution.output_dir)
+    return 0
+
+
+def run_group(config, records) -> int:
+    """Group table and QC report from the participant outputs in OUTPUT_DIR."""
+    from ..reports.group import run_group as write_group
+
+    tsv, html = write_group(config.execution.output_dir, config.execution.bids_dir, n_jobs=config.nipype.nprocs)
+    LOGGER.info("group table %s and report %s written", tsv, html)
     return 0
 
 
@@ -359,6 +412,8 @@ def run_level(config, records) -> int:
     level = config.execution.analysis_level
     if level == "participant":
         return run_participant(config, records)
+    if level == "group":
+        return run_group(config, records)
     if level == "train":
         from .train import run_train
 

@@ -209,6 +209,11 @@ def run_train(config, records) -> int:
     from ..templates import check_templates
     from .base import check_t1w_images, model_error, resolve_torch_device
 
+    if config.execution.boilerplate_only:
+        from .base import write_boilerplate
+
+        write_boilerplate(config, None)
+        return 0
     if config.training.add_site_prototypes:
         return add_site_prototypes(config, records)
     if len(records) < 2:
@@ -277,4 +282,7 @@ def run_train(config, records) -> int:
     except ModelError as err:
         raise model_error(err) from None
     LOGGER.warning("model bundle written to %s (sites: %s)", dest, ", ".join(sorted(ldm.prototypes)))
+    from .base import write_boilerplate
+
+    write_boilerplate(config, manifest, device=str(device))
     return 0

@@ -118,7 +118,7 @@ def test_dockerignore_sends_what_pip_install_needs_and_not_the_rest():
     needed.append(DEMO_MODEL_DIR.relative_to(REPO).as_posix() + "/manifest.json")
     for path in needed:
         assert _dockerignore_admits(path, patterns), f"{path} is left out of the Docker build context"
-    for path in (".git/config", "tests/data/t1w/NOTICE.rst", ".venv/bin/python", "work/x", "out/x",
+    for path in (".git/config", "tests/conftest.py", ".venv/bin/python", "work/x", "out/x",
                  "hcld_bids/__pycache__/config.cpython-311.pyc"):
         assert not _dockerignore_admits(path, patterns), f"{path} is sent to the Docker build"
 

@@ -72,6 +72,7 @@ def test_model_grid_of_an_unknown_template_comes_from_its_mask(templateflow_home
         mask[30:70, 20:80, 40:60] = 1
         nib.save(nib.Nifti1Image(mask, affine), tpl_dir / "tpl-TestTpl_res-02_desc-brain_mask.nii.gz")
         nib.save(nib.Nifti1Image(mask.astype(np.float32), affine), tpl_dir / "tpl-TestTpl_res-02_T1w.nii.gz")
+        (tpl_dir / "template_description.json").write_text('{"Identifier": "TestTpl"}')
         assert model_grid("TestTpl", 2) == GridSpec(shape=(80, 96, 80), start=(10, 2, 10))
     finally:
         for path in tpl_dir.iterdir():

@@ -28,6 +28,7 @@ class Trained:
     model: Path
     bids_hash: str
     preproc_results: dict  # result file of every anatomical node -> mtime, right after training
+    preproc_after_participant: dict | None = None  # the same, right after the participant level
 
     @property
     def manifest(self) -> dict:

@@ -38,6 +38,7 @@ def participant(trained):
     code = main([str(trained.bids), str(trained.out), "participant", "--target-site", "siemens",
                  "--output-spaces", TPL, "T1w", "-w", str(trained.work), *COMMON, *STEPS])
     assert code == 0
+    trained.preproc_after_participant = {p: p.stat().st_mtime_ns for p in trained.preproc_results}
     return trained
 
 
@@ -152,5 +153,42 @@ def test_rerun_recomputes_nothing_and_rewrites_identical_files(participant):
 def test_participant_reuses_the_preprocessing_of_the_train_level(participant):
     # the train level ran first in the same work directory: no anatomical node ran again
     assert len(participant.preproc_results) >= 3 * 10
-    now = {p: p.stat().st_mtime_ns for p in participant.preproc_results}
-    assert now == participant.preproc_results
+    assert participant.preproc_after_participant == participant.preproc_results
+
+
+def test_participant_level_writes_reports_and_the_methods_boilerplate(participant):
+    out = participant.out
+    for sub in SITES:
+        html = (out / f"sub-{sub}.html").read_text()
+        assert f"sub-{sub}" in html and "harmonized" in html.lower()
+        assert any(f.stat().st_size > 1000 for f in (out / f"sub-{sub}" / "figures").iterdir())
+    citation = (out / "logs" / "CITATION.md").read_text()
+    assert "siemens" in citation and "DDIM" in citation
+    assert (out / "logs" / "CITATION.bib").read_text().count("@") >= 2
+    assert not list(out.rglob("*.tmp*")) and not list(out.rglob(".*.part"))
+
+
+def test_group_level_tabulates_every_harmonized_image(participant):
+    code = main([str(participant.bids), str(participant.out), "group", "-w", str(participant.work), *COMMON])
+    assert code == 0
+    table = (participant.out / "group_T1w.tsv").read_text().splitlines()
+    header = table[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"))) for line in table[1:]]
+    assert sorted(r["site"] for r in rows) == sorted(SITES.values())
+    assert {r["target"] for r in rows} == {"siemens"}
+    assert "<html" in (participant.out / "group_report.html").read_text().lower()
+    assert hash_tree(participant.bids) == participant.bids_hash
+
+
+def test_boilerplate_only_writes_the_citation_and_nothing_else(trained, tmp_path):
+    out = tmp_path / "out"
+    code = main([str(trained.bids), str(out), "participant", "--target-site", "uih", "--model", str(trained.model),
+                 "--boilerplate-only", "-w", str(tmp_path / "work"), *COMMON])
+    assert code == 0
+    assert (out / "logs" / "CITATION.md").is_file() and "uih" in (out / "logs" / "CITATION.md").read_text()
+    assert not list(out.glob("sub-*"))
+
+
+def test_group_level_without_participant_outputs_exits_18(trained, tmp_path):
+    code = main([str(trained.bids), str(tmp_path / "empty"), "group", "-w", str(tmp_path / "work"), *COMMON])
+    assert code == 18
