@@ -41,7 +41,7 @@ def _attn(block: SelfAttention, x):
     t = t.reshape(n, c, length).transpose(1, 2)
     q, k, v = block.qkv(t).reshape(n, length, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
     q, k, v = (a.reshape(n * heads, length, c // heads) for a in (q, k, v))
-    scores = torch.baddbmm(torch.empty(n * heads, length, length, dtype=q.dtype), q, k.transpose(1, 2), beta=0,
+    scores = torch.baddbmm(torch.empty(n * heads, length, length, dtype=q.dtype, device=q.device), q, k.transpose(1, 2), beta=0,
                            alpha=(c // heads) ** -0.5)
     out = torch.bmm(scores.softmax(dim=-1), v).reshape(n, heads, length, c // heads).transpose(1, 2)
     out = block.proj(out.reshape(n, length, c))
@@ -80,7 +80,8 @@ def decode(ae, z):
 
 def unet_eps(unet, sample, t, cond):
     x = torch.cat([sample, cond], dim=1)
-    temb = unet.time_embed(timestep_embedding(torch.full((x.shape[0],), float(t)), unet.conv_in.out_channels))
+    steps = torch.full((x.shape[0],), float(t), device=x.device)
+    temb = unet.time_embed(timestep_embedding(steps, unet.conv_in.out_channels))
     h = _conv(unet.conv_in, x)
     skips = [h]
     for stage in unet.down:
@@ -103,9 +104,12 @@ def unet_eps(unet, sample, t, cond):
 def harmonize_reference(ae, unet, schedule, scale_factor, source, target, inversion_steps=30, sampling_steps=10):
     """Research-style path for one subject; returns (harmonized volume, seconds per stage)."""
     times = {}
+    # on a GPU, wait for the queued kernels before reading the clock
+    sync = torch.cuda.synchronize if source.is_cuda else (lambda: None)
     t0 = time.perf_counter()
     cond = encode(ae, target) * scale_factor
     z = encode(ae, source) * scale_factor
+    sync()
     times["encode"] = time.perf_counter() - t0
     z = adain(z, cond)
 
@@ -114,16 +118,20 @@ def harmonize_reference(ae, unet, schedule, scale_factor, source, target, invers
 
     t0 = time.perf_counter()
     z = schedule.invert(z, eps, inversion_steps)
+    sync()
     times["inversion"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     noisy_image = decode(ae, z / scale_factor)
+    sync()
     decode_time = time.perf_counter() - t0
     t0 = time.perf_counter()
     z = schedule.sample(z, eps, sampling_steps)
+    sync()
     times["sampling"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     out = decode(ae, z / scale_factor).clamp(0, 1)
     second_variant = decode(ae, z / scale_factor)
+    sync()
     times["decode"] = decode_time + time.perf_counter() - t0
     del noisy_image, second_variant
     return out, times

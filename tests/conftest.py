@@ -45,7 +45,7 @@ def templateflow_home() -> Path:
 @pytest.fixture(scope="session")
 def t1w_dir() -> Path:
     """Vendored real 3 mm T1w scans (BSD-2, see hcld_bids/data/t1w/NOTICE.rst)."""
-    return Path(__file__).parent / "data" / "t1w"
+    return SCANS_DIR
 
 
 SCANS_DIR = Path(__file__).parents[1] / "hcld_bids" / "data" / "t1w"

@@ -308,16 +308,37 @@ def check_memory(config, model: ModelInfo) -> None:
                          f"{'x'.join(map(str, model.grid.shape))} grid of model {model.path}); raise --mem")
 
 
-def run_workflow(workflow, config) -> None:
-    """Run a nipype workflow with the run's settings; a failed node ends the run (exit 1) naming its crash file."""
+def nipype_execution_settings(config) -> dict:
+    """The ``execution`` settings of every workflow of a run.
+
+    Content hashes (not time stamps) and no output pruning: a node's cache key then depends on its inputs
+    only, so the train level's preprocessing is found cached by a participant run in the same work
+    directory (and by a rerun after the files were copied).
+    """
+    return {
+        "crashfile_format": "txt",
+        "stop_on_first_crash": str(bool(config.nipype.stop_on_first_crash)).lower(),
+        "remove_unnecessary_outputs": "false",
+        "hash_method": "content",
+    }
+
+
+def configure_nipype(config) -> None:
+    """Set the run's nipype settings globally; call it before any workflow is built."""
     from nipype import config as nipype_config
 
-    nipype_config.set("execution", "crashfile_format", "txt")
-    nipype_config.set("execution", "stop_on_first_crash", str(bool(config.nipype.stop_on_first_crash)).lower())
-    nipype_config.set("execution", "remove_unnecessary_outputs", "false")
-    nipype_config.set("execution", "hash_method", "content")
+    for key, value in nipype_execution_settings(config).items():
+        nipype_config.set("execution", key, value)
     nipype_config.set("monitoring", "enabled", "false")
     os.environ.setdefault("NIPYPE_NO_ET", "1")
+
+
+def run_workflow(workflow, config) -> None:
+    """Run a nipype workflow with the run's settings; a failed node ends the run (exit 1) naming its crash file."""
+    configure_nipype(config)
+    # A workflow keeps the global settings of the moment it was built, and they win over later global
+    # changes: set them on the workflow itself too.
+    workflow.config.setdefault("execution", {}).update(nipype_execution_settings(config))
     try:
         workflow.run(**plugin_settings(config))
     except RuntimeError as err:

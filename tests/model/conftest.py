@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "t1w"
+DATA = Path(__file__).resolve().parents[2] / "hcld_bids" / "data" / "t1w"
 
 #: Tiny architectures that keep every structural feature of the defaults (3 levels, attention, skips).
 TINY_AE = dict(channels=(8, 16, 16), latent_channels=6, num_res_blocks=1, attention_levels=(False, False, True),

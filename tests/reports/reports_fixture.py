@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hcld_bids.reports.synthetic import ImageSpec, build_output_dir, write_participants_tsv
 
-SCANS = Path(__file__).resolve().parents[1] / "data" / "t1w"
+SCANS = Path(__file__).resolve().parents[2] / "hcld_bids" / "data" / "t1w"
 NORM = SCANS / "siemens_prismafit3T_xa30_s6_norm.nii.gz"
 NONORM = SCANS / "siemens_prismafit3T_xa30_s5_nonorm.nii.gz"
 UIH1 = SCANS / "uih_umr770_3T_run1_2mm.nii.gz"
