@@ -105,8 +105,10 @@ def agreement(h: Harmonizer, ref_ae, ref_unet, vol, device) -> dict:
         e_ref = reference.unet_eps(ref_unet, z_ref, 500, z_ref.flip(2))
         d_ref = reference.decode(ref_ae, z_ref)
     z = h.encode(h._to_device([vol]))
-    with torch.inference_mode():
-        e = h.unet(z_ref.contiguous(memory_format=h.memory_format), 500, z_ref.flip(2)).float()
+    dtype = next(h.unet.parameters()).dtype  # bfloat16 on CUDA: our networks' inputs take their dtype
+    with torch.inference_mode(), h._autocast():
+        z_in = z_ref.to(dtype).contiguous(memory_format=h.memory_format)
+        e = h.unet(z_in, 500, z_ref.flip(2).to(dtype)).float()
     d = h.decode(z_ref)
 
     def rel(a, b):

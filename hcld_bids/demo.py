@@ -8,6 +8,9 @@
    step 2 is reused from the work directory) and writes the derivatives and participant reports.
 4. ``group``: the group table and QC report.
 
+Without ``TEMPLATEFLOW_HOME`` in the environment, the template ships with the package and is copied to
+``OUT/templateflow``, so the demo needs no network.
+
 Every step is an ordinary ``hcld-bids`` run; the commands are printed so that they can be rerun by hand.
 The demo model was trained on simulated sites of real IXI heads; it shows how the app works and what it
 writes, and is not meant for research results (train your own with the ``train`` level).
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import shutil
 import sys
@@ -58,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh and out.exists():
         shutil.rmtree(out)
     bids, deriv, work = out / "bids", out / "derivatives", out / "work"
+    if not os.environ.get("TEMPLATEFLOW_HOME"):
+        # self-contained and offline: the template the demo model needs ships with the package (TemplateFlow
+        # reads this variable when first imported, which has not happened yet in this process)
+        from .templates import seed_templateflow_home
+
+        seed_templateflow_home(out / "templateflow")
+        os.environ["TEMPLATEFLOW_HOME"] = str(out / "templateflow")
     if not (bids / "dataset_description.json").is_file():
         if bids.exists():
             shutil.rmtree(bids)  # a dataset left half-written by an interrupted demo

@@ -296,6 +296,9 @@ def plugin_settings(config) -> dict:
         if config.nipype.mem_gb:
             args.setdefault("memory_gb", config.nipype.mem_gb)
         args.setdefault("raise_insufficient", True)
+        # Workers start from a clean server process, not forked from this one: a process whose PyTorch/OpenMP
+        # threads are already running (a train level just before, a notebook) deadlocks forked children.
+        args.setdefault("mp_context", "forkserver")
         args.pop("maxtasksperchild", None)  # LegacyMultiProc only
     return {"plugin": config.nipype.plugin, "plugin_args": args}
 
