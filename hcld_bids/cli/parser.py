@@ -258,7 +258,8 @@ def build_parser() -> HCLDArgumentParser:
         "--target-site",
         dest="target_site",
         metavar="SITE",
-        help="harmonize toward this site's style prototype in the model (participant level)",
+        help="harmonize toward this site's style prototype in the model (participant level); at the train "
+        "level: train toward this site only, as in the paper (default: any site toward any site)",
     )
     target.add_argument(
         "--reference-image",

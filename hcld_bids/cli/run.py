@@ -121,8 +121,10 @@ def build_config(args: argparse.Namespace) -> Config:
         raise MissingInputError(f"--reference-image {reference_image} does not exist")
     if level == "participant" and args.target_site is None and reference_image is None:
         raise UsageError("the participant level needs --target-site SITE or --reference-image FILE")
-    if level != "participant" and (args.target_site is not None or reference_image is not None):
-        LOGGER.warning("--target-site/--reference-image only apply to the participant level; ignored")
+    if level == "train" and reference_image is not None:
+        LOGGER.warning("--reference-image only applies to the participant level; ignored")
+    if level == "group" and (args.target_site is not None or reference_image is not None):
+        LOGGER.warning("--target-site/--reference-image only apply to the participant and train levels; ignored")
 
     filter_file = args.bids_filter_file.absolute() if args.bids_filter_file else None
     bids_filters = load_bids_filters(filter_file)

@@ -193,6 +193,7 @@ def _stage_configs(config, volumes):
         progress=progress, noise_weight=t.weight_noise, content_weight=t.weight_content,
         style_weight=t.weight_style, adv_weight=t.weight_adversarial, grad_weight=t.weight_gradient,
         adv_burn_in_epochs=float(t.adv_burn_in_epochs), prototype_condition_prob=t.prototype_condition_prob,
+        target_site=config.workflow.target_site,
     )
     return ae, ldm
 
@@ -225,6 +226,10 @@ def run_train(config, records) -> int:
     spec = preprocessing_spec(template, resolution)
     check_t1w_images(records)
     sites = [r.site for r in records]
+    if config.workflow.target_site:
+        from ..bids.sites import check_target_site
+
+        config.workflow.target_site = check_target_site(config.workflow.target_site, sites)
     if len(set(sites)) < 2:
         LOGGER.warning("all training images come from one site (%s): the model can only learn that site's style",
                        sites[0])
@@ -271,6 +276,7 @@ def run_train(config, records) -> int:
             "subjects": sorted({r.subject for r in records}),
             "stage1": ae_cfg.to_dict(),
             "stage2": ldm_cfg.to_dict(),
+            "target_site": config.workflow.target_site,  # None: any-to-any
             "world_size": ctx.world_size,
             "device": str(device),
             "wall_time_seconds_this_run": round(time.time() - start, 1),

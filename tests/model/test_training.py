@@ -165,3 +165,28 @@ def test_ldm_runs_under_torchrun_with_two_processes(tmp_path, tiny_unet_config):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rank 0 of 2 complete True" in proc.stdout and "rank 1 of 2 complete True" in proc.stdout
     assert len(_rows(tmp_path / "work" / "history.csv")) == 2
+
+
+def test_one_target_training_conditions_every_item_on_that_site(tmp_path, tiny_unet_config):
+    from hcld_bids.model.training.stage2 import _Stage2
+    from hcld_bids.model.training.distributed import setup
+
+    z = torch.randn(4, 6, 8, 12, 8)
+    cfg = LDMTrainConfig(unet=tiny_unet_config, disc_channels=(8, 16, 16), steps=1, grad_weight=0, grad_accum=1,
+                         progress=False, target_site="uih")
+    stage = _Stage2(z, SITES, cfg, tmp_path, setup("cpu"), None, None, None, None, None)
+    gen = torch.Generator().manual_seed(0)
+    uih = {2, 3}
+    for _ in range(5):
+        cond = stage._pairs([0, 1, 2, 3], gen)[0]
+        for row in cond:  # every condition is one of the uih latents (no prototype conditioning here)
+            assert any(torch.equal(row.cpu(), z[j]) for j in uih)
+
+
+def test_one_target_training_refuses_a_site_without_images(tmp_path, tiny_unet_config):
+    from hcld_bids.model.errors import UnknownSiteError
+
+    cfg = LDMTrainConfig(unet=tiny_unet_config, steps=1, grad_weight=0, grad_accum=1, progress=False,
+                         target_site="philips")
+    with pytest.raises(UnknownSiteError, match="philips"):
+        train_ldm(torch.randn(4, 6, 8, 12, 8), SITES, cfg, tmp_path, device="cpu")

@@ -86,3 +86,4 @@ class LDMTrainConfig(LoopConfig):
     z0_clip: float | None = None
     prototype_condition_prob: float = 0.0  # probability of conditioning on the target site's prototype
     same_site_prob: float = 0.0  # probability of drawing the condition from the source's own site
+    target_site: str | None = None  # condition always on this site (the paper's one-target training); None: any

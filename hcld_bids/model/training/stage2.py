@@ -89,6 +89,11 @@ class _Stage2(TrainingRun):
         self.latents = latents.float()
         self.sites = list(sites)
         self.site_names = sorted(set(self.sites))
+        if cfg.target_site is not None and cfg.target_site not in self.site_names:
+            from ..errors import UnknownSiteError
+
+            raise UnknownSiteError(f"target site {cfg.target_site!r} has no training image; sites: "
+                                   f"{', '.join(self.site_names)}")
         self.by_site = {s: [i for i, x in enumerate(self.sites) if x == s] for s in self.site_names}
         self.prototypes = prototypes or {s: prototype_from_latents(self.latents[idx]) for s, idx in self.by_site.items()}
         self.volumes, self.masks = volumes, masks
@@ -121,7 +126,9 @@ class _Stage2(TrainingRun):
         for i in indices:
             a = self.sites[i]
             others = [s for s in self.site_names if s != a]
-            if not others or float(torch.rand((), generator=gen)) < self.cfg.same_site_prob:
+            if self.cfg.target_site is not None:
+                b = self.cfg.target_site  # one-target training: every condition comes from that site
+            elif not others or float(torch.rand((), generator=gen)) < self.cfg.same_site_prob:
                 b = a
             else:
                 b = others[int(torch.randint(len(others), (), generator=gen))]
