@@ -136,13 +136,21 @@ class TrainingConfig:
     adv_burn_in_epochs: int = 5
     #: Edge of the cubic random patches of stage 1; ``None``: whole volumes.
     patch_size: int | None = None
-    checkpoint_every: int = 1
+    checkpoint_every: int = 100
     resume: bool = True
     weight_content: float = 10.0
     weight_style: float = 10.0
     weight_adversarial: float = 1.0
     weight_gradient: float = 1e4
     weight_noise: float = 1.0
+    ae_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    latent_channels: int = 6
+    ae_steps: int | None = None
+    ldm_steps: int | None = None
+    prototype_condition_prob: float = 0.0
+    template_resolution: int = 2
+    add_site_prototypes: bool = False
 
 
 _SECTIONS = {
@@ -241,19 +249,20 @@ class Config:
         ]
 
 
-def resolve_model(model: str | os.PathLike | None, output_dir: Path, analysis_level: str) -> tuple[Path, str]:
+def resolve_model(model: str | os.PathLike | None, output_dir: Path, analysis_level: str,
+                  add_prototypes: bool = False) -> tuple[Path, str]:
     """Choose the model bundle directory; return it and how it was chosen.
 
     - ``--model`` given: that directory, ``"argument"``.
     - ``train`` level without ``--model``: ``OUTPUT_DIR/models/hcld`` (where it will write),
-      ``"train-output"``.
+      ``"train-output"`` (with ``--add-site-prototypes``: the model to add them to, chosen as below).
     - otherwise ``OUTPUT_DIR/models/hcld`` when it holds a bundle manifest (a previous ``train`` run),
       ``"trained"``; else the demo model shipped in the package, ``"demo"``.
     """
     if model is not None:
         return Path(model).absolute(), "argument"
     trained = output_dir / TRAINED_MODEL_SUBDIR
-    if analysis_level == "train":
+    if analysis_level == "train" and not add_prototypes:
         return trained, "train-output"
     if (trained / MODEL_MANIFEST_NAME).is_file():
         return trained, "trained"

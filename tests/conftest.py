@@ -1,19 +1,59 @@
-"""Fixtures shared by the whole test suite: the vendored scans and small generated BIDS datasets."""
+"""Test-session setup and fixtures shared by the whole suite.
 
-from __future__ import annotations
+TemplateFlow reads TEMPLATEFLOW_HOME once, when first imported, and would otherwise try to
+download templates. Before any test module is imported, point it at a temporary directory seeded
+with the package's offline templates (MNI152NLin6Asym, 2 mm), so tests never touch the network or
+the user's cache.
+"""
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from hcld_bids.testing import make_bids_dataset
 
-SCANS_DIR = Path(__file__).parent / "data" / "t1w"
+_TEMPLATEFLOW_HOME = None
+
+
+def pytest_configure(config):
+    global _TEMPLATEFLOW_HOME
+    import sys
+
+    if "templateflow" in sys.modules:  # too late: it already fixed its home
+        raise pytest.UsageError("templateflow was imported before tests/conftest.py could set TEMPLATEFLOW_HOME")
+    _TEMPLATEFLOW_HOME = Path(tempfile.mkdtemp(prefix="hcld_tests_templateflow_"))
+    from hcld_bids.templates import seed_templateflow_home
+
+    seed_templateflow_home(_TEMPLATEFLOW_HOME)
+    os.environ["TEMPLATEFLOW_HOME"] = str(_TEMPLATEFLOW_HOME)
+
+
+def pytest_unconfigure(config):
+    if _TEMPLATEFLOW_HOME is not None:
+        shutil.rmtree(_TEMPLATEFLOW_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def templateflow_home() -> Path:
+    """The seeded TEMPLATEFLOW_HOME of this test session (do not delete files from it)."""
+    return _TEMPLATEFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def t1w_dir() -> Path:
+    """Vendored real 3 mm T1w scans (BSD-2, see hcld_bids/data/t1w/NOTICE.rst)."""
+    return SCANS_DIR
+
+
+SCANS_DIR = Path(__file__).parents[1] / "hcld_bids" / "data" / "t1w"
 
 
 @pytest.fixture(scope="session")
 def scans_dir() -> Path:
-    """The real 3 mm T1w scans vendored under tests/data/t1w."""
+    """The real 3 mm T1w scans vendored under hcld_bids/data/t1w."""
     return SCANS_DIR
 
 

@@ -22,7 +22,7 @@ from hcld_bids.simulate import (
     voxel_axes,
 )
 
-DATA = Path(__file__).parent / "data" / "t1w"
+DATA = Path(__file__).resolve().parents[1] / "hcld_bids" / "data" / "t1w"
 
 # PSR orientation like the IXI images: voxel axis 0 -> world y, 1 -> z, 2 -> x; 3 mm voxels.
 PSR = np.array([[0, 0, 3.0, -70], [-3.0, 0, 0, 80], [0, 3.0, 0, -70], [0, 0, 0, 1]])

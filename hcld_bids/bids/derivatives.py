@@ -32,7 +32,8 @@ CONTAINER_URI_ENV = "HCLD_CONTAINER_URI"
 #: Outputs that are not BIDS files (reports, logs, model bundles, group tables), hidden from the
 #: validator by OUTPUT_DIR/.bidsignore. Directory patterns without a trailing slash: bids-validator-deno
 #: only ignores a directory itself that way.
-BIDSIGNORE_PATTERNS = ("logs", "models", "sub-*/figures", "*.html", "group_*")
+BIDSIGNORE_PATTERNS = ("logs", "models", "sub-*/figures", "sub-*/log", "*.html", "group_*",
+                       "*_xfm.*")  # transforms: not in the BIDS specification yet (as fMRIPrep)
 README_TEXT = """\
 hcld-bids derivatives
 =====================
@@ -167,6 +168,12 @@ def bids_uri(
     for root, name in roots:
         if path.is_relative_to(root):
             return f"bids:{name}:{path.relative_to(root).as_posix()}"
+    # the same directories reached through symbolic links (e.g. BIDS_DIR given as a link; pybids resolves it)
+    real = Path(os.path.realpath(path))
+    for root, name in roots:
+        real_root = Path(os.path.realpath(root))
+        if real.is_relative_to(real_root):
+            return f"bids:{name}:{real.relative_to(real_root).as_posix()}"
     raise ValueError(f"{path} is neither in BIDS_DIR nor in OUTPUT_DIR; no BIDS URI for it")
 
 

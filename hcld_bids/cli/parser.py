@@ -108,6 +108,16 @@ def _non_negative_float(value: str) -> float:
     return number
 
 
+def _probability(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value!r}") from None
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value!r}")
+    return number
+
+
 def _patch_size(value: str) -> int:
     number = _positive_int(value)
     if number % 16:
@@ -248,7 +258,8 @@ def build_parser() -> HCLDArgumentParser:
         "--target-site",
         dest="target_site",
         metavar="SITE",
-        help="harmonize toward this site's style prototype in the model (participant level)",
+        help="harmonize toward this site's style prototype in the model (participant level); at the train "
+        "level: train toward this site only, as in the paper (default: any site toward any site)",
     )
     target.add_argument(
         "--reference-image",
@@ -336,7 +347,7 @@ def build_parser() -> HCLDArgumentParser:
                           help="edge of random cubic patches for stage 1, a multiple of 16 (default: whole volumes)")
     training.add_argument("--checkpoint-every", type=_positive_int,
                           default=training_defaults.checkpoint_every, metavar="N",
-                          help="epochs between checkpoints")
+                          help="optimizer steps between training checkpoints")
     training.add_argument("--resume", action=argparse.BooleanOptionalAction, default=training_defaults.resume,
                           help="continue from the last checkpoint in the work dir")
     training.add_argument("--weight-content", type=_non_negative_float,
@@ -351,6 +362,25 @@ def build_parser() -> HCLDArgumentParser:
                           help="weight of the image-gradient (structure) loss")
     training.add_argument("--weight-noise", type=_non_negative_float,
                           default=training_defaults.weight_noise, metavar="W", help="weight of the noise loss")
+    training.add_argument("--ae-channels", type=_positive_int, nargs=3, default=training_defaults.ae_channels,
+                          metavar="C", help="autoencoder channels per level (the research network: 32 64 64)")
+    training.add_argument("--unet-channels", type=_positive_int, nargs=3, default=training_defaults.unet_channels,
+                          metavar="C", help="diffusion UNet channels per level (the research network: 32 64 64)")
+    training.add_argument("--latent-channels", type=_positive_int, default=training_defaults.latent_channels,
+                          metavar="C", help="channels of the latent map")
+    training.add_argument("--ae-steps", type=_positive_int, default=None, metavar="N",
+                          help="optimizer steps of stage 1 (overrides --ae-epochs)")
+    training.add_argument("--ldm-steps", type=_positive_int, default=None, metavar="N",
+                          help="optimizer steps of stage 2 (overrides --ldm-epochs)")
+    training.add_argument("--prototype-condition-prob", type=_probability,
+                          default=training_defaults.prototype_condition_prob, metavar="P",
+                          help="probability of conditioning stage 2 on a site prototype instead of one image")
+    training.add_argument("--template-resolution", type=int, choices=(1, 2),
+                          default=training_defaults.template_resolution,
+                          help="TemplateFlow resolution of the model grid: 2 (2 mm, 80x96x80) or 1 (1 mm, 160x192x160)")
+    training.add_argument("--add-site-prototypes", action="store_true",
+                          help="no training: compute style prototypes of the selected images' sites with --model "
+                               "and write that model with the new sites to OUTPUT_DIR/models/hcld")
 
     perf = parser.add_argument_group("Performance")
     perf.add_argument(

@@ -121,8 +121,10 @@ def build_config(args: argparse.Namespace) -> Config:
         raise MissingInputError(f"--reference-image {reference_image} does not exist")
     if level == "participant" and args.target_site is None and reference_image is None:
         raise UsageError("the participant level needs --target-site SITE or --reference-image FILE")
-    if level != "participant" and (args.target_site is not None or reference_image is not None):
-        LOGGER.warning("--target-site/--reference-image only apply to the participant level; ignored")
+    if level == "train" and reference_image is not None:
+        LOGGER.warning("--reference-image only applies to the participant level; ignored")
+    if level == "group" and (args.target_site is not None or reference_image is not None):
+        LOGGER.warning("--target-site/--reference-image only apply to the participant and train levels; ignored")
 
     filter_file = args.bids_filter_file.absolute() if args.bids_filter_file else None
     bids_filters = load_bids_filters(filter_file)
@@ -139,7 +141,8 @@ def build_config(args: argparse.Namespace) -> Config:
     if args.mem_gb is not None:
         plugin_args.setdefault("memory_gb", args.mem_gb)
 
-    model, model_source = resolve_model(args.model, output_dir, level)
+    model, model_source = resolve_model(args.model, output_dir, level,
+                                        add_prototypes=bool(getattr(args, "add_site_prototypes", False)))
     if model_source == "argument" and level != "train" and not model.is_dir():
         raise MissingInputError(f"--model {model} does not exist (give a model bundle directory)")
     if model_source == "demo" and level == "participant":

@@ -1,7 +1,7 @@
 """Build small multi-site BIDS datasets from a few real T1w scans.
 
-The scans (3 mm, int16, with the sidecars dcm2niix wrote) live in the repository under ``tests/data/t1w``;
-three scanners are represented (see :data:`SCANNERS`). A dataset is described by which scanner each
+The scans (3 mm, int16, with the sidecars dcm2niix wrote) ship with the package in ``hcld_bids/data/t1w``
+(the demo uses them too); three scanners are represented (see :data:`SCANNERS`). A dataset is described by which scanner each
 subject (or each session of a subject) was scanned on, and by where the site label is recorded:
 
 ``"participants"``
@@ -52,7 +52,7 @@ _DEFAULT_SUBJECTS = {"01": "philips", "02": "siemens", "03": "uih"}
 def find_scans_dir(scans_dir: str | os.PathLike | None = None) -> Path:
     """Return the directory holding the vendored scans.
 
-    Looks at ``scans_dir``, then the ``HCLD_TEST_SCANS`` environment variable, then ``tests/data/t1w``
+    Looks at ``scans_dir``, then the ``HCLD_TEST_SCANS`` environment variable, then the package's ``data/t1w``
     of the source tree this package was imported from.
     """
     candidates: list[Path] = []
@@ -61,13 +61,13 @@ def find_scans_dir(scans_dir: str | os.PathLike | None = None) -> Path:
     elif os.environ.get("HCLD_TEST_SCANS"):
         candidates.append(Path(os.environ["HCLD_TEST_SCANS"]))
     else:
-        candidates.append(Path(__file__).resolve().parents[2] / "tests" / "data" / "t1w")
+        candidates.append(Path(__file__).resolve().parents[1] / "data" / "t1w")
     for candidate in candidates:
         if all((candidate / f"{stem}.nii.gz").is_file() for stems in SCANNERS.values() for stem in stems):
             return candidate
     raise MissingInputError(
         f"test scans not found in {', '.join(map(str, candidates))}; pass scans_dir= or set "
-        "HCLD_TEST_SCANS to a directory holding the tests/data/t1w files of the hcld-bids repository"
+        "HCLD_TEST_SCANS to a directory holding the hcld_bids/data/t1w files of the hcld-bids package"
     )
 
 

@@ -126,3 +126,14 @@ def test_derivative_path_can_be_absolute_and_refuses_unknown_entities(tmp_path):
     )
     with pytest.raises(ValueError, match="no derivative file-name pattern"):
         derivative_path({"subject": "01", "suffix": "T1w", "extension": ".nii.gz", "flavour": "x"})
+
+
+def test_bids_uri_of_a_file_reached_through_a_linked_bids_dir(tmp_path):
+    real = tmp_path / "real"
+    (real / "sub-01" / "anat").mkdir(parents=True)
+    (real / "sub-01" / "anat" / "sub-01_T1w.nii.gz").write_bytes(b"x")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    # pybids hands out resolved paths while the user named BIDS_DIR through the link
+    assert bids_uri(real / "sub-01" / "anat" / "sub-01_T1w.nii.gz", link) == "bids:raw:sub-01/anat/sub-01_T1w.nii.gz"
+    assert bids_uri(link / "sub-01" / "anat" / "sub-01_T1w.nii.gz", real) == "bids:raw:sub-01/anat/sub-01_T1w.nii.gz"

@@ -10,8 +10,8 @@ REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.rst").read_text()
 
 
-def _readme_ci_command():
-    after_marker = README.split(".. ci-command", 1)[1]
+def _readme_ci_command(marker: str = ".. ci-command"):
+    after_marker = README.split(marker, 1)[1]
     block = after_marker.split(".. code-block:: bash", 1)[1]
     return next(line.strip() for line in block.splitlines() if line.strip())
 
@@ -35,5 +35,7 @@ def test_ci_runs_exactly_the_readme_install_and_test_command():
     assert commands[0] == "set -euo pipefail"
     assert "export CI=true" in commands and "exec </dev/null" in commands
     assert commands[-1] == _readme_ci_command()
+    assert commands[-2] == _readme_ci_command(".. demo-command")
+    assert "hcld-bids-demo" in commands[-2]
     assert "python -m pytest" in commands[-1] and "pip install '.[test]'" in commands[-1]
     assert os.access(REPO / ".ci" / "run", os.X_OK)

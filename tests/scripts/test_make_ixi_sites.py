@@ -16,7 +16,7 @@ import pytest
 from hcld_bids.simulate import SITES, derive_seed, simulate
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "tests" / "data" / "t1w"
+DATA = REPO / "hcld_bids" / "data" / "t1w"
 SPLIT = REPO / "hcld_bids" / "data" / "ixi_split.json"
 SITE_NAMES = ["siteA", "siteB", "siteC"]
 

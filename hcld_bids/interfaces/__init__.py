@@ -1,0 +1,1 @@
+"""nipype interfaces of hcld-bids: small SimpleInterface classes, each wrapping one function."""

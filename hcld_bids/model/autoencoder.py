@@ -1,0 +1,154 @@
+"""3D KL-regularised autoencoder: a T1w volume ``(N, 1, D, H, W)`` <-> a latent map ``(N, 6, D/4, H/4, W/4)``.
+
+Encoder: conv in, then per level ``num_res_blocks`` residual blocks (self-attention after each block at the
+levels flagged in ``attention_levels``) and a stride-2 downsampling between levels; a middle block
+(residual, attention, residual); GroupNorm, SiLU and a 3x3 conv to ``2 * latent_channels`` (posterior mean
+and log-variance). The decoder mirrors it. Every constructor argument is JSON-serialisable and
+:attr:`AutoencoderKL.config` returns them, so a bundle can rebuild the network from its manifest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .layers import Conv3d, Downsample, ResBlock, SelfAttention, Upsample, norm_silu, run_blocks
+
+
+class _Head(nn.Module):
+    """GroupNorm, SiLU, 3x3 conv: the last step of the encoder and of the decoder."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm_groups: int, norm_eps: float) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(norm_groups, in_channels, eps=norm_eps)
+        self.conv = Conv3d(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(norm_silu(x, self.norm))
+
+    def forward_owned(self, box: list) -> torch.Tensor:
+        return self.conv(norm_silu(box.pop(), self.norm, owned=True))
+
+
+class AutoencoderKL(nn.Module):
+    """KL autoencoder for single-channel 3D volumes.
+
+    Args:
+        in_channels / out_channels: image channels (1 for T1w).
+        channels: feature channels per level; ``len(channels) - 1`` downsamplings (x4 for three levels).
+        latent_channels: channels of the latent map.
+        num_res_blocks: residual blocks per level (encoder and decoder).
+        attention_levels: per level, whether residual blocks are followed by self-attention.
+        norm_groups / norm_eps: GroupNorm settings.
+        attention_head_channels: channels per attention head (``None``: one head).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        channels: Sequence[int] = (32, 64, 64),
+        latent_channels: int = 6,
+        num_res_blocks: int = 2,
+        attention_levels: Sequence[bool] = (False, False, True),
+        norm_groups: int = 8,
+        norm_eps: float = 1e-6,
+        attention_head_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        channels = [int(c) for c in channels]
+        attention_levels = [bool(a) for a in attention_levels]
+        if len(channels) != len(attention_levels):
+            raise ValueError("channels and attention_levels must have the same length")
+        if any(c % norm_groups for c in channels):
+            raise ValueError(f"every entry of channels {channels} must be divisible by norm_groups={norm_groups}")
+        self._config = dict(
+            in_channels=in_channels, out_channels=out_channels, channels=channels, latent_channels=latent_channels,
+            num_res_blocks=num_res_blocks, attention_levels=attention_levels, norm_groups=norm_groups,
+            norm_eps=norm_eps, attention_head_channels=attention_head_channels,
+        )
+        self.latent_channels = latent_channels
+        self.downsampling = 2 ** (len(channels) - 1)
+
+        def res(cin, cout):
+            return ResBlock(cin, cout, norm_groups, norm_eps)
+
+        def attn(c):
+            return SelfAttention(c, attention_head_channels, norm_groups, norm_eps)
+
+        enc: list[nn.Module] = [Conv3d(in_channels, channels[0], 3, padding=1)]
+        cin = channels[0]
+        for level, cout in enumerate(channels):
+            for _ in range(num_res_blocks):
+                enc.append(res(cin, cout))
+                cin = cout
+                if attention_levels[level]:
+                    enc.append(attn(cout))
+            if level < len(channels) - 1:
+                enc.append(Downsample(cout))
+        enc += [res(cin, cin), attn(cin), res(cin, cin), _Head(cin, 2 * latent_channels, norm_groups, norm_eps)]
+        self.encoder = nn.ModuleList(enc)
+
+        top = channels[-1]
+        dec: list[nn.Module] = [Conv3d(latent_channels, top, 3, padding=1), res(top, top), attn(top), res(top, top)]
+        cin = top
+        for level in reversed(range(len(channels))):
+            cout = channels[level]
+            for _ in range(num_res_blocks):
+                dec.append(res(cin, cout))
+                cin = cout
+                if attention_levels[level]:
+                    dec.append(attn(cout))
+            if level > 0:
+                dec.append(Upsample(cout))
+        dec.append(_Head(cin, out_channels, norm_groups, norm_eps))
+        self.decoder = nn.ModuleList(dec)
+
+    @property
+    def config(self) -> dict:
+        """Constructor arguments (JSON-serialisable)."""
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "AutoencoderKL":
+        return cls(**config)
+
+    def latent_shape(self, image_shape: Sequence[int]) -> tuple[int, ...]:
+        """``(C, d, h, w)`` of the latent of a ``(D, H, W)`` image."""
+        for s in image_shape:
+            if s % self.downsampling:
+                raise ValueError(f"image grid {tuple(image_shape)} is not divisible by {self.downsampling}")
+        return (self.latent_channels, *(s // self.downsampling for s in image_shape))
+
+    def encode_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance, each ``(N, latent_channels, D/f, H/f, W/f)``."""
+        moments = run_blocks(self.encoder, x)
+        mean, logvar = moments.chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Posterior mean ``(N, latent_channels, D/f, H/f, W/f)`` (the latent that diffusion works on)."""
+        mean, _ = self.encode_posterior(x)
+        return mean
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """``(N, latent_channels, d, h, w) -> (N, out_channels, d*f, h*f, w*f)``."""
+        return run_blocks(self.decoder, z)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """Reconstruction, posterior mean and log-variance.
+
+        In training mode the decoder sees a sample ``mean + exp(logvar / 2) * noise`` of the posterior (noise
+        from the CPU ``generator`` when given); in evaluation mode it sees the mean.
+        """
+        mean, logvar = self.encode_posterior(x)
+        if self.training:
+            # drawn on the CPU generator (if given) so that a seeded draw is the same on every device
+            noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32).to(mean.device, mean.dtype)
+            z = mean + torch.exp(0.5 * logvar) * noise
+        else:
+            z = mean
+        return self.decode(z), mean, logvar
+

@@ -1,0 +1,320 @@
+"""The model bundle: a directory with a JSON manifest, safetensors weights and site style prototypes.
+
+Layout::
+
+    manifest.json              format_version, architectures, noise schedule, scale factor, preprocessing,
+                               sites, versions, sha256 of every weight file, training and metrics blocks
+    autoencoder.safetensors
+    unet.safetensors
+    prototypes.safetensors     <key>.latent (1, C, d, h, w), <key>.channel_mean (C,), <key>.channel_std (C,)
+
+Loading reads JSON and safetensors only (nothing is unpickled), checks each weight file against the sha256
+in the manifest and refuses a manifest of a newer format. Writing goes to a temporary sibling directory
+that is renamed into place, so a killed process never leaves a half-written bundle under its final name.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .autoencoder import AutoencoderKL
+from .ddim import NoiseSchedule
+from .errors import BundleError, BundleIntegrityError, BundleNotFoundError, BundleVersionError
+from .prototypes import SitePrototype, compute_site_prototype
+from .unet import DiffusionUNet
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+AE_FILE = "autoencoder.safetensors"
+UNET_FILE = "unet.safetensors"
+PROTO_FILE = "prototypes.safetensors"
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def bundle_digest(weights_sha256: dict[str, str]) -> str:
+    """One sha256 identifying all weight files of a bundle (order-independent)."""
+    text = "\n".join(f"{name} {digest}" for name, digest in sorted(weights_sha256.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class ModelBundle:
+    """A loaded bundle. ``prototypes`` maps site -> ``(1, C, d, h, w)`` style latent; ``prototype_stats``
+    maps site -> ``{"channel_mean": (C,), "channel_std": (C,), "count": int}``."""
+
+    path: Path
+    manifest: dict
+    autoencoder: AutoencoderKL
+    unet: DiffusionUNet
+    schedule: NoiseSchedule
+    scale_factor: float
+    prototypes: dict[str, torch.Tensor] = field(default_factory=dict)
+    prototype_stats: dict[str, dict] = field(default_factory=dict)
+    weights_sha256: dict[str, str] = field(default_factory=dict)
+    sha256: str = ""
+
+    @property
+    def scheduler(self) -> NoiseSchedule:
+        return self.schedule
+
+    @property
+    def preprocessing(self) -> dict:
+        return dict(self.manifest.get("preprocessing") or {})
+
+    @property
+    def sites(self) -> list[str]:
+        return sorted(self.prototypes)
+
+    def prototype(self, site: str) -> SitePrototype:
+        stats = self.prototype_stats[site]
+        return SitePrototype(self.prototypes[site], stats["channel_mean"], stats["channel_std"], stats["count"])
+
+    def check_preprocessing(self, expected: dict) -> None:
+        """Raise :class:`BundleError` unless every key of ``expected`` equals the manifest's preprocessing."""
+        have = self.preprocessing
+        for key, value in expected.items():
+            if key in have and _jsonable(have[key]) != _jsonable(value):
+                raise BundleError(f"{self.path / MANIFEST}: preprocessing {key!r} is {have[key]!r} but the input "
+                                  f"was prepared with {value!r}; preprocess with the bundle's settings or use "
+                                  f"a bundle trained for them")
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
+def _versions() -> dict:
+    from .. import __version__
+    import numpy
+    import safetensors
+
+    return {"hcld_bids": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "safetensors": safetensors.__version__}
+
+
+def _state_dict_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in module.state_dict().items()}
+
+
+def _write_tree(tmp: Path, autoencoder, unet, prototypes: dict[str, SitePrototype], manifest: dict) -> None:
+    tmp.mkdir(parents=True)
+    save_file(_state_dict_cpu(autoencoder), str(tmp / AE_FILE))
+    save_file(_state_dict_cpu(unet), str(tmp / UNET_FILE))
+    tensors = {}
+    sites = manifest.setdefault("sites", {})
+    for i, (site, proto) in enumerate(sorted(prototypes.items())):
+        key = f"site{i:03d}"
+        tensors[f"{key}.latent"] = proto.latent.detach().float().cpu().contiguous()
+        tensors[f"{key}.channel_mean"] = proto.channel_mean.detach().float().cpu().flatten().contiguous()
+        tensors[f"{key}.channel_std"] = proto.channel_std.detach().float().cpu().flatten().contiguous()
+        entry = sites.setdefault(site, {})
+        entry["prototype"] = {"key": key, "n_images": int(proto.count)}
+    save_file(tensors, str(tmp / PROTO_FILE))
+    manifest["weights"] = {name: file_sha256(tmp / name) for name in (AE_FILE, UNET_FILE, PROTO_FILE)}
+    manifest["sha256"] = bundle_digest(manifest["weights"])
+    with open(tmp / MANIFEST, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
+    if path.exists():
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise BundleError(f"{path}: a model bundle already exists there; choose another directory or "
+                              f"allow overwriting")
+        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def save_bundle(path, autoencoder: AutoencoderKL, unet: DiffusionUNet, scale_factor: float,
+                prototypes: dict[str, SitePrototype] | None = None, manifest_extra: dict | None = None, *,
+                schedule: NoiseSchedule | None = None, overwrite: bool = False) -> Path:
+    """Write a bundle directory atomically and return its path.
+
+    ``manifest_extra`` is merged into the manifest; its usual keys are ``name``, ``preprocessing`` (template,
+    resolution, grid shape, crop start, intensity scaling: opaque to the model core), ``sites`` (site ->
+    ``{"n_images": ...}``), ``training`` and ``metrics``.
+    """
+    path = Path(path)
+    schedule = schedule or NoiseSchedule()
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "kind": "hcld-bids-model",
+        "name": path.name,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "autoencoder": {"class": "AutoencoderKL", "config": autoencoder.config, "weights": AE_FILE},
+        "unet": {"class": "DiffusionUNet", "config": unet.config, "weights": UNET_FILE},
+        "noise_schedule": schedule.config,
+        "scale_factor": float(scale_factor),
+        "prototypes": {"weights": PROTO_FILE},
+        "preprocessing": {},
+        "sites": {},
+        "versions": _versions(),
+        "training": {},
+        "metrics": {},
+    }
+    for key, value in _jsonable(manifest_extra or {}).items():
+        if key == "sites":
+            for site, entry in value.items():
+                manifest["sites"].setdefault(site, {}).update(entry)
+        elif key in ("format_version", "weights", "sha256"):
+            raise ValueError(f"manifest key {key!r} is written by save_bundle itself")
+        else:
+            manifest[key] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        _write_tree(tmp, autoencoder, unet, prototypes or {}, manifest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _move_into_place(tmp, path, overwrite)
+    return path
+
+
+def read_manifest(path) -> dict:
+    """Parse and validate ``manifest.json`` of a bundle directory (no weights are read)."""
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not path.is_dir():
+        raise BundleNotFoundError(f"{path}: model bundle directory not found; pass --model with a bundle "
+                                  f"directory (one with {MANIFEST})")
+    if not mpath.is_file():
+        raise BundleNotFoundError(f"{mpath}: bundle manifest not found; the directory is not a model bundle")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{mpath}: not valid JSON ({exc}); restore the bundle from its source") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{mpath}: the manifest must be a JSON object; restore the bundle from its source")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise BundleError(f"{mpath}: format_version is missing or not an integer; restore the bundle")
+    if version > FORMAT_VERSION:
+        raise BundleVersionError(f"{mpath}: bundle format {version} is newer than this hcld-bids reads "
+                                 f"({FORMAT_VERSION}); upgrade hcld-bids")
+    for key in ("autoencoder", "unet", "scale_factor", "weights"):
+        if key not in manifest:
+            raise BundleError(f"{mpath}: required key {key!r} is missing; restore the bundle from its source")
+    return manifest
+
+
+def _load_weights(path: Path, name: str, expected_sha: str) -> dict[str, torch.Tensor]:
+    fpath = path / name
+    if not fpath.is_file():
+        raise BundleNotFoundError(f"{fpath}: weight file listed in the manifest is missing; restore the bundle")
+    digest = file_sha256(fpath)
+    if digest != expected_sha:
+        raise BundleIntegrityError(f"{fpath}: sha256 {digest[:16]}... does not match the manifest "
+                                   f"({str(expected_sha)[:16]}...); the file was modified or corrupted, restore "
+                                   f"the bundle from its source")
+    try:
+        return load_file(str(fpath))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundleError(f"{fpath}: not a readable safetensors file ({exc}); restore the bundle") from None
+
+
+def _build(cls, section: dict, state: dict, mpath: Path, what: str):
+    try:
+        model = cls.from_config(section["config"])
+        model.load_state_dict(state, strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"{mpath}: the {what} weights do not fit its configuration ({first}); "
+                          f"restore the bundle from its source") from None
+    return model.eval().requires_grad_(False)
+
+
+def load_bundle(path, device="cpu") -> ModelBundle:
+    """Load and verify a bundle; the networks are returned in eval mode on ``device``."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    mpath = path / MANIFEST
+    weights = manifest["weights"]
+    if not isinstance(weights, dict) or not all(isinstance(v, str) for v in weights.values()):
+        raise BundleError(f"{mpath}: 'weights' must map file names to sha256 strings; restore the bundle")
+    ae_file = manifest["autoencoder"].get("weights", AE_FILE)
+    unet_file = manifest["unet"].get("weights", UNET_FILE)
+    proto_file = (manifest.get("prototypes") or {}).get("weights", PROTO_FILE)
+    for name in (ae_file, unet_file, proto_file):
+        if name not in weights:
+            raise BundleError(f"{mpath}: no sha256 recorded for {name}; restore the bundle from its source")
+        if Path(name).name != name:
+            raise BundleError(f"{mpath}: weight file name {name!r} must be a plain file name")
+    ae = _build(AutoencoderKL, manifest["autoencoder"], _load_weights(path, ae_file, weights[ae_file]), mpath,
+                "autoencoder")
+    unet = _build(DiffusionUNet, manifest["unet"], _load_weights(path, unet_file, weights[unet_file]), mpath, "UNet")
+    proto_tensors = _load_weights(path, proto_file, weights[proto_file])
+    prototypes, stats = {}, {}
+    for site, entry in (manifest.get("sites") or {}).items():
+        proto = entry.get("prototype") if isinstance(entry, dict) else None
+        if not proto:
+            continue
+        key = proto.get("key")
+        try:
+            prototypes[site] = proto_tensors[f"{key}.latent"].to(device)
+            stats[site] = {"channel_mean": proto_tensors[f"{key}.channel_mean"].to(device),
+                           "channel_std": proto_tensors[f"{key}.channel_std"].to(device),
+                           "count": int(proto.get("n_images", 0))}
+        except KeyError:
+            raise BundleError(f"{path / proto_file}: prototype {key!r} of site {site!r} is missing; restore the "
+                              f"bundle from its source") from None
+    try:
+        schedule = NoiseSchedule.from_config(manifest.get("noise_schedule") or {})
+        scale_factor = float(manifest["scale_factor"])
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{mpath}: bad noise_schedule or scale_factor ({exc}); restore the bundle") from None
+    return ModelBundle(path=path, manifest=manifest, autoencoder=ae.to(device), unet=unet.to(device),
+                       schedule=schedule, scale_factor=scale_factor, prototypes=prototypes, prototype_stats=stats,
+                       weights_sha256=dict(weights), sha256=bundle_digest(weights))
+
+
+def add_prototypes(bundle_path, site_volumes: dict, device="cpu", overwrite_sites: bool = False,
+                   site_info: dict | None = None) -> ModelBundle:
+    """Add (or with ``overwrite_sites`` replace) style prototypes of new sites without retraining.
+
+    ``site_volumes`` maps a site label to an iterable of ``(D, H, W)`` volumes on the bundle's grid;
+    ``site_info`` optionally maps a site label to extra manifest entries of that site (e.g. its intensity
+    histogram). The bundle is rewritten atomically; the returned bundle is the reloaded result.
+    """
+    bundle = load_bundle(bundle_path, device)
+    clash = sorted(set(site_volumes) & set(bundle.prototypes))
+    if clash and not overwrite_sites:
+        raise BundleError(f"{bundle.path}: sites {clash} already have prototypes; pick new site labels or "
+                          f"allow replacing them")
+    protos = {site: bundle.prototype(site) for site in bundle.prototypes}
+    for site, volumes in site_volumes.items():
+        protos[site] = compute_site_prototype(bundle.autoencoder, volumes, bundle.scale_factor, device)
+    extra = {k: v for k, v in bundle.manifest.items()
+             if k not in ("format_version", "weights", "sha256", "autoencoder", "unet", "noise_schedule",
+                          "scale_factor", "prototypes", "versions", "created", "kind")}
+    for site, info in (site_info or {}).items():
+        extra.setdefault("sites", {}).setdefault(site, {}).update(info)
+    save_bundle(bundle.path, bundle.autoencoder, bundle.unet, bundle.scale_factor, protos, extra,
+                schedule=bundle.schedule, overwrite=True)
+    return load_bundle(bundle.path, device)

@@ -1,0 +1,150 @@
+"""Conditional diffusion UNet: predicts the noise of a latent given the noisy latent and a condition latent.
+
+Input ``concat(z_t, c)`` with shape ``(N, 2 * latent_channels, d, h, w)``; output ``(N, latent_channels, d,
+h, w)``. ``len(channels) - 1`` downsamplings, so every latent axis must be divisible by
+``2 ** (len(channels) - 1)`` (4 by default; 16 in image space with the x4 autoencoder).
+
+Levels: ``num_res_blocks`` residual blocks on the way down (each followed by self-attention at the levels
+flagged in ``attention_levels``), a middle block (residual, attention, residual), ``num_res_blocks + 1``
+residual blocks on the way up that take the skip connections, and GroupNorm, SiLU and a zero-initialised
+3x3 conv out. Every residual block receives an MLP of a sinusoidal embedding of the timestep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .layers import Conv3d, Downsample, ResBlock, SelfAttention, Upsample, norm_silu, timestep_embedding
+
+
+class DiffusionUNet(nn.Module):
+    """Epsilon-predicting 3D UNet.
+
+    Args:
+        in_channels: channels of ``concat(noisy latent, condition)``.
+        out_channels: latent channels (predicted noise).
+        channels: feature channels per level.
+        num_res_blocks: residual blocks per level on the way down (one more on the way up).
+        attention_levels: per level, whether residual blocks are followed by self-attention.
+        head_channels: channels per attention head.
+        norm_groups / norm_eps: GroupNorm settings.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 12,
+        out_channels: int = 6,
+        channels: Sequence[int] = (32, 64, 64),
+        num_res_blocks: int = 1,
+        attention_levels: Sequence[bool] = (False, True, True),
+        head_channels: int = 64,
+        norm_groups: int = 32,
+        norm_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        channels = [int(c) for c in channels]
+        attention_levels = [bool(a) for a in attention_levels]
+        if len(channels) != len(attention_levels):
+            raise ValueError("channels and attention_levels must have the same length")
+        if any(c % norm_groups for c in channels):
+            raise ValueError(f"every entry of channels {channels} must be divisible by norm_groups={norm_groups}")
+        self._config = dict(
+            in_channels=in_channels, out_channels=out_channels, channels=channels, num_res_blocks=num_res_blocks,
+            attention_levels=attention_levels, head_channels=head_channels, norm_groups=norm_groups,
+            norm_eps=norm_eps,
+        )
+        self.downsampling = 2 ** (len(channels) - 1)
+        self.out_channels = out_channels
+        temb = 4 * channels[0]
+        self.time_embed = nn.Sequential(nn.Linear(channels[0], temb), nn.SiLU(), nn.Linear(temb, temb))
+
+        def res(cin, cout):
+            return ResBlock(cin, cout, norm_groups, norm_eps, temb_channels=temb)
+
+        def attn(c):
+            return SelfAttention(c, min(head_channels, c), norm_groups, norm_eps)
+
+        self.conv_in = Conv3d(in_channels, channels[0], 3, padding=1)
+        skip_channels = [channels[0]]
+        self.down = nn.ModuleList()
+        cin = channels[0]
+        for level, cout in enumerate(channels):
+            stage = nn.Module()
+            stage.res = nn.ModuleList()
+            stage.attn = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                stage.res.append(res(cin, cout))
+                stage.attn.append(attn(cout) if attention_levels[level] else nn.Identity())
+                cin = cout
+                skip_channels.append(cout)
+            stage.downsample = Downsample(cout) if level < len(channels) - 1 else nn.Identity()
+            if level < len(channels) - 1:
+                skip_channels.append(cout)
+            self.down.append(stage)
+
+        self.mid_res1, self.mid_attn, self.mid_res2 = res(cin, cin), attn(cin), res(cin, cin)
+
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(channels))):
+            cout = channels[level]
+            stage = nn.Module()
+            stage.res = nn.ModuleList()
+            stage.attn = nn.ModuleList()
+            for _ in range(num_res_blocks + 1):
+                stage.res.append(res(cin + skip_channels.pop(), cout))
+                stage.attn.append(attn(cout) if attention_levels[level] else nn.Identity())
+                cin = cout
+            stage.upsample = Upsample(cout) if level > 0 else nn.Identity()
+            self.up.append(stage)
+
+        self.out_norm = nn.GroupNorm(norm_groups, cin, eps=norm_eps)
+        self.out_conv = Conv3d(cin, out_channels, 3, padding=1)
+        nn.init.zeros_(self.out_conv.weight)
+        nn.init.zeros_(self.out_conv.bias)
+
+    @property
+    def config(self) -> dict:
+        """Constructor arguments (JSON-serialisable)."""
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "DiffusionUNet":
+        return cls(**config)
+
+    def forward(self, sample: torch.Tensor, timesteps: torch.Tensor | float | int,
+                condition: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted noise ``(N, out_channels, d, h, w)``.
+
+        Args:
+            sample: ``(N, C, d, h, w)``; the full network input, or the noisy latent when ``condition`` is given.
+            timesteps: ``(N,)`` or a scalar, integer or fractional training timesteps.
+            condition: optional ``(N, C', d, h, w)`` latent concatenated to ``sample`` along channels.
+        """
+        if condition is not None:
+            sample = torch.cat([sample, condition.to(sample.dtype)], dim=1)
+        for s in sample.shape[2:]:
+            if s % self.downsampling:
+                raise ValueError(f"latent grid {tuple(sample.shape[2:])} is not divisible by {self.downsampling}")
+        t = torch.as_tensor(timesteps, device=sample.device)
+        if t.ndim == 0:
+            t = t.expand(sample.shape[0])
+        temb = self.time_embed(timestep_embedding(t, self.conv_in.out_channels).to(self.time_embed[0].weight.dtype))
+
+        h = self.conv_in(sample)
+        skips = [h]
+        for stage in self.down:
+            for res, attn in zip(stage.res, stage.attn):
+                h = attn(res(h, temb))
+                skips.append(h)
+            if not isinstance(stage.downsample, nn.Identity):
+                h = stage.downsample(h)
+                skips.append(h)
+        h = self.mid_res2(self.mid_attn(self.mid_res1(h, temb)), temb)
+        for stage in self.up:
+            for res, attn in zip(stage.res, stage.attn):
+                h = attn(res(torch.cat([h, skips.pop()], dim=1), temb))
+            h = stage.upsample(h)
+        return self.out_conv(norm_silu(h, self.out_norm))

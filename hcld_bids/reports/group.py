@@ -1,0 +1,461 @@
+"""Group level: ``OUTPUT_DIR/group_T1w.tsv`` (+ ``.json``) and ``OUTPUT_DIR/group_report.html``.
+
+Reads only what the participant level wrote in OUTPUT_DIR (and ``participants.tsv`` of BIDS_DIR for
+age). The table has one row per template-space T1w: site, target, distances of the brain-intensity
+histogram to the target style before and after, structure preservation, mask agreement, run times and
+flags; half-finished images (no harmonized output, missing partner files, unreadable sidecar) get a
+row with their problem as a flag and no numbers.
+
+The report compares the sites before and after harmonization:
+
+- mean brain-intensity histograms per site, with the target style;
+- site-by-site Wasserstein-1 distances of those histograms;
+- accuracy of a cross-validated site classifier (logistic regression, stratified k-fold) on two
+  feature sets — the 64-bin histogram and the brain at 4 mm (block means) — next to chance, the rate
+  of the most frequent site: harmonization should bring it down toward chance;
+- a 2D PCA embedding of the 4 mm features coloured by site, one PCA fitted on before and after
+  together so both panels share axes;
+- with ages in participants.tsv: cross-validated ridge regression of age on the 4 mm features, and
+  the agreement of the per-block age correlations before and after (the age signal must survive);
+- a mosaic of a few images per site and a table of flagged and outlying images.
+
+Each image's three files are read once, in ``n_jobs`` processes (:mod:`.features`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import multiprocessing
+import os
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..bids.atomic import atomic_write_json, atomic_write_text
+from ..errors import NoDataError
+from . import features, figures, metrics
+from .outputs import ImageRecord, find_images, find_strays
+
+LOGGER = logging.getLogger("hcld_bids.reports")
+GROUP_TSV = "group_T1w.tsv"
+GROUP_JSON = "group_T1w.json"
+GROUP_HTML = "group_report.html"
+#: Images shown per site in the mosaic.
+MOSAIC_PER_SITE = 4
+#: Rows of the outlier table that get a thumbnail.
+MAX_THUMBNAILS = 40
+#: Robust z-score of the distance to the target above which an image is an ``outlier``, and the least
+#: distance that counts (so that a group of near-identical images does not flag tiny differences).
+OUTLIER_Z = 3.5
+OUTLIER_MIN_DISTANCE = 0.02
+FLAG_OUTLIER = "outlier"
+#: Least number of images with a known age for the age analysis.
+MIN_AGE_IMAGES = 8
+
+COLUMNS = {
+    "participant_id": "Participant label (sub-<label>).",
+    "session_id": "Session label (ses-<label>) or n/a.",
+    "image": "Harmonized image (or, when it is missing, the preprocessed one), relative to OUTPUT_DIR.",
+    "site": "Site of the input image (HCLD.SourceSite of the sidecar).",
+    "target": "Target style: the target site, or reference:<image> for --reference-image.",
+    "model": "Name of the model bundle that harmonized the image.",
+    "wasserstein_before": "Wasserstein-1 distance between the brain-intensity histograms of the input and of the "
+                          "target style, in units of the [0, 1] intensity range.",
+    "wasserstein_after": "The same distance for the harmonized image.",
+    "structure_preservation": "Agreement of the edge directions of input and harmonized image inside the brain "
+                              f"(1: same anatomy); flagged below {metrics.STRUCTURE_THRESHOLD}.",
+    "mask_dice": "Dice overlap of the brain mask and the brain found in the harmonized image; flagged below "
+                 f"{metrics.MASK_DICE_THRESHOLD}.",
+    "runtime_preprocessing_s": "Wall time of preprocessing in seconds (sidecar HCLD.WallTimeSeconds).",
+    "runtime_harmonization_s": "Wall time of harmonization in seconds.",
+    "runtime_total_s": "Sum of the known wall times in seconds.",
+    "flags": "QC flags separated by ';' (n/a: none): " + ", ".join(
+        [*metrics.QC_FLAGS, FLAG_OUTLIER, "missing-harmonized", "missing-preproc", "missing-mask",
+         "missing-sidecar", "missing-qc", "unreadable"]) + ".",
+}
+
+
+def _label_of(record: ImageRecord, key: str, prefix: str) -> str:
+    value = record.entities.get(key)
+    return f"{prefix}-{value}" if value is not None else "n/a"
+
+
+def _target_of(hcld: dict) -> str:
+    if hcld.get("TargetSite"):
+        return str(hcld["TargetSite"])
+    if hcld.get("ReferenceImage"):
+        return f"reference:{hcld['ReferenceImage']}"
+    return str(hcld.get("StylePrototype") or "n/a")
+
+
+def _finite(value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return value if math.isfinite(value) else math.nan
+
+
+def _row(output_dir: Path, record: ImageRecord) -> dict:
+    hcld = record.hcld
+    qc = record.qc or {}
+    walltime = hcld.get("WallTimeSeconds") or {}
+    known = [_finite(v) for v in walltime.values() if v is not None]
+    known = [v for v in known if math.isfinite(v)]
+    return {
+        "participant_id": f"sub-{record.subject}",
+        "session_id": _label_of(record, "session", "ses"),
+        "image": record.relative(output_dir),
+        "site": str(hcld.get("SourceSite") or "n/a"),
+        "target": _target_of(hcld) if hcld else "n/a",
+        "model": str(hcld.get("ModelName") or "n/a"),
+        "wasserstein_before": _finite(qc.get("WassersteinInputToTarget")),
+        "wasserstein_after": _finite(qc.get("WassersteinOutputToTarget")),
+        "structure_preservation": _finite(qc.get("StructurePreservation")),
+        "mask_dice": _finite(qc.get("MaskDice")),
+        "runtime_preprocessing_s": _finite(walltime.get("preprocessing")),
+        "runtime_harmonization_s": _finite(walltime.get("harmonization")),
+        "runtime_total_s": float(sum(known)) if known else math.nan,
+        "flags": list(qc.get("Flags") or []) + list(record.problems),
+    }
+
+
+def _read_all(tasks: list[features.ImageTask], n_jobs: int) -> list[dict]:
+    if n_jobs <= 1 or len(tasks) < 4:
+        return [features.read_image(task) for task in tasks]
+    # spawn: workers import only the light features module, and no forked copy of a threaded parent
+    context = multiprocessing.get_context("spawn")
+    chunk = max(1, min(16, len(tasks) // (4 * n_jobs)))
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=context) as pool:
+        return list(pool.map(features.read_image, tasks, chunksize=chunk))
+
+
+def _fill_columns(matrix: np.ndarray, keep_fraction: float = 0.9) -> np.ndarray:
+    """Keep the columns finite in at least ``keep_fraction`` of the rows; fill the rest by column means."""
+    finite = np.isfinite(matrix)
+    keep = finite.mean(axis=0) >= keep_fraction
+    matrix = matrix[:, keep]
+    if matrix.size == 0:
+        return matrix
+    means = np.nanmean(np.where(np.isfinite(matrix), matrix, np.nan), axis=0)
+    return np.where(np.isfinite(matrix), matrix, means[None, :]).astype(np.float64)
+
+
+def _pca(components: int, n_samples: int):
+    """PCA with the solver that is fast for the size: exact SVD for small groups, randomized for large."""
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=components, svd_solver="full" if n_samples <= 300 else "randomized", random_state=0)
+
+
+def site_classifier(X: np.ndarray, sites: list[str], seed: int = 0) -> dict | None:
+    """Cross-validated accuracy of logistic regression predicting the site; None if not computable.
+
+    Stratified k-fold with k = min(5, size of the smallest site); standardization and PCA (at most 20
+    components) are fitted inside each fold. ``chance``: the share of the most frequent site.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    counts = Counter(sites)
+    if len(counts) < 2 or min(counts.values()) < 2 or X.shape[1] == 0:
+        return None
+    folds = min(5, min(counts.values()))
+    n_train = len(sites) - len(sites) // folds
+    components = max(1, min(20, n_train - 1, X.shape[1]))
+    model = make_pipeline(StandardScaler(), _pca(components, len(sites)), LogisticRegression(max_iter=2000))
+    scores = cross_val_score(model, X, np.asarray(sites), cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    return {"mean": float(scores.mean()), "sd": float(scores.std()), "folds": folds,
+            "chance": max(counts.values()) / len(sites)}
+
+
+def embedding_2d(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """PCA to 2D fitted on before and after together (shared axes); returns both and explained ratios."""
+    from sklearn.preprocessing import StandardScaler
+
+    joint = np.vstack([before, after])
+    scaler = StandardScaler().fit(joint)
+    pca = _pca(2, len(joint)).fit(scaler.transform(joint))
+    return (pca.transform(scaler.transform(before)), pca.transform(scaler.transform(after)),
+            [float(v) for v in pca.explained_variance_ratio_])
+
+
+def age_association(X_before: np.ndarray, X_after: np.ndarray, age: np.ndarray) -> dict:
+    """Cross-validated age prediction (ridge on PCA of the features) before and after, and agreement
+    (Pearson r) of the per-feature age correlations before and after."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = min(5, len(age))
+    components = max(1, min(20, len(age) - len(age) // folds - 1, X_before.shape[1]))
+    result = {}
+    for name, X in (("before", X_before), ("after", X_after)):
+        model = make_pipeline(StandardScaler(), _pca(components, len(age)), RidgeCV(alphas=np.logspace(-2, 4, 13)))
+        predicted = cross_val_predict(model, X, age, cv=KFold(folds, shuffle=True, random_state=0))
+        r = float(np.corrcoef(predicted, age)[0, 1]) if np.std(predicted) > 0 else math.nan
+        result[name] = {"predicted": predicted, "r": r, "mae": float(np.mean(np.abs(predicted - age)))}
+
+    def correlations(X):
+        Xc = X - X.mean(axis=0)
+        ac = age - age.mean()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (Xc * ac[:, None]).sum(0) / np.sqrt((Xc**2).sum(0) * (ac**2).sum())
+
+    cb, ca = correlations(X_before), correlations(X_after)
+    both = np.isfinite(cb) & np.isfinite(ca)
+    result["map_agreement"] = float(np.corrcoef(cb[both], ca[both])[0, 1]) if both.sum() > 2 else math.nan
+    result["n"] = int(len(age))
+    return result
+
+
+def read_ages(bids_dir: str | os.PathLike | None) -> dict[str, float]:
+    """participant_id -> age from BIDS_DIR/participants.tsv (column ``age``, any case); {} if none."""
+    if bids_dir is None:
+        return {}
+    path = Path(bids_dir) / "participants.tsv"
+    if not path.is_file():
+        return {}
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as error:
+        LOGGER.warning("cannot read %s (%s); no age analysis", path, error)
+        return {}
+    column = next((c for c in table.columns if c.lower() == "age"), None)
+    if column is None or "participant_id" not in table.columns:
+        return {}
+    ages = pd.to_numeric(table[column], errors="coerce")
+    ids = table["participant_id"].map(lambda p: p if p.startswith("sub-") else f"sub-{p}")
+    return {pid: float(a) for pid, a in zip(ids, ages) if math.isfinite(a)}
+
+
+def _write_table(output_dir: Path, rows: list[dict]) -> Path:
+    def cell(value) -> str:
+        if isinstance(value, list):
+            return ";".join(value) if value else "n/a"
+        if isinstance(value, float):
+            return "n/a" if not math.isfinite(value) else f"{value:.6g}"
+        return str(value)
+
+    lines = ["\t".join(COLUMNS)] + ["\t".join(cell(row[c]) for c in COLUMNS) for row in rows]
+    atomic_write_json(output_dir / GROUP_JSON, {c: {"Description": d} for c, d in COLUMNS.items()})
+    return atomic_write_text(output_dir / GROUP_TSV, "\n".join(lines) + "\n")
+
+
+def _mean_histograms(rows, key: str, group_key: str) -> dict[str, np.ndarray]:
+    groups: dict[str, list] = {}
+    for row in rows:
+        if row.get(key) is not None:
+            groups.setdefault(row[group_key], []).append(np.asarray(row[key], float))
+    return {name: np.mean(values, axis=0) for name, values in sorted(groups.items())}
+
+
+def run_group(output_dir: str | os.PathLike, bids_dir: str | os.PathLike | None = None, *,
+              n_jobs: int = 1) -> tuple[Path, Path]:
+    """Write the group table and report from OUTPUT_DIR; returns ``(tsv_path, html_path)``.
+
+    Raises :class:`hcld_bids.errors.NoDataError` when OUTPUT_DIR holds no complete harmonized image.
+    """
+    output_dir = Path(output_dir)
+    clock = time.perf_counter()
+    records = find_images(output_dir) if output_dir.is_dir() else []
+    complete = [r for r in records if r.complete]
+    if not complete:
+        raise NoDataError(
+            f"{output_dir} holds no harmonized images (*_desc-harmonized_T1w.nii.gz with their preprocessed image "
+            "and brain mask); run the participant level into this output directory first"
+        )
+    strays = [p.relative_to(output_dir).as_posix() for p in find_strays(output_dir)]
+    for stray in strays:
+        LOGGER.warning("%s: leftover of an interrupted write, ignored", stray)
+    rows = [_row(output_dir, record) for record in records]
+    by_record = {id(r): i for i, r in enumerate(records)}
+
+    # which images need a slice (mosaic, thumbnails) is known from the sidecars, before reading images
+    per_site: Counter = Counter()
+    want_slice = set()
+    for record in complete:
+        row = rows[by_record[id(record)]]
+        if per_site[row["site"]] < MOSAIC_PER_SITE:
+            per_site[row["site"]] += 1
+            want_slice.add(id(record))
+        if row["flags"] and len(want_slice) < 10 * MOSAIC_PER_SITE + MAX_THUMBNAILS:
+            want_slice.add(id(record))
+    import nibabel as nib
+
+    first_mask = nib.load(complete[0].mask)
+    block_index = features.brain_blocks(np.asarray(first_mask.dataobj), first_mask.header.get_zooms())
+    tasks = [features.ImageTask(index=by_record[id(r)], preproc=str(r.preproc), mask=str(r.mask),
+                                harmonized=str(r.harmonized), block_index=block_index,
+                                want_slice=id(r) in want_slice, want_qc=r.qc is None) for r in complete]
+    LOGGER.info("group: %d images found in %.1f s", len(records), time.perf_counter() - clock)
+    clock = time.perf_counter()
+    results = _read_all(tasks, n_jobs)
+    LOGGER.info("group: %d images read with %d process(es) in %.1f s", len(tasks), n_jobs, time.perf_counter() - clock)
+
+    slices, feats = {}, {}
+    for result in results:
+        row = rows[result["index"]]
+        if result.get("error"):
+            row["flags"].append("unreadable")
+            LOGGER.warning("%s: %s", row["image"], result["error"])
+            continue
+        if result["qc"] is not None:
+            row.update(structure_preservation=_finite(result["qc"]["StructurePreservation"]),
+                       mask_dice=_finite(result["qc"]["MaskDice"]))
+            row["flags"] = sorted(set(row["flags"]) | set(result["qc"]["Flags"]))
+            row["_qc"] = result["qc"]
+        feats[result["index"]] = (result["before"], result["after"])
+        if result["slice"] is not None:
+            slices[result["index"]] = result["slice"]
+
+    # outliers: distance to the target far above that of the other images of the same target
+    for target in sorted({row["target"] for row in rows}):
+        members = [i for i, row in enumerate(rows) if row["target"] == target]
+        z = metrics.robust_z([rows[i]["wasserstein_after"] for i in members])
+        for i, score in zip(members, z):
+            if np.isfinite(score) and score > OUTLIER_Z and rows[i]["wasserstein_after"] > OUTLIER_MIN_DISTANCE:
+                rows[i]["flags"].append(FLAG_OUTLIER)
+
+    tsv = _write_table(output_dir, rows)
+    html = _write_report(output_dir, records, rows, feats, slices, strays, read_ages(bids_dir), bids_dir)
+    return tsv, html
+
+
+def _analyses(records, rows, feats, ages) -> dict:
+    """Everything the report plots, from the rows with features and a known site."""
+    usable = [i for i in sorted(feats) if rows[i]["site"] != "n/a"]
+    sites = [rows[i]["site"] for i in usable]
+    site_names = sorted(set(sites))
+    out = {"n_usable": len(usable), "sites": site_names, "colors": figures.site_colors(site_names)}
+    qcs = []
+    for i in usable:
+        qc = records[i].qc or rows[i].get("_qc") or {}
+        qcs.append({"site": rows[i]["site"], "target": rows[i]["target"], "edges": qc.get("HistogramBins"),
+                    "input": qc.get("InputHistogram"), "output": qc.get("OutputHistogram"),
+                    "target_hist": qc.get("TargetHistogram")})
+    edges = next((q["edges"] for q in qcs if q["edges"]), metrics.histogram_edges().tolist())
+    out["edges"] = edges
+    out["hist_before"] = _mean_histograms(qcs, "input", "site")
+    out["hist_after"] = _mean_histograms(qcs, "output", "site")
+    out["hist_target"] = _mean_histograms(qcs, "target_hist", "target")
+    n = len(site_names)
+    out["w_before"], out["w_after"] = np.zeros((n, n)), np.zeros((n, n))
+    for a in range(n):
+        for b in range(n):
+            for key, matrix in (("hist_before", out["w_before"]), ("hist_after", out["w_after"])):
+                matrix[a, b] = metrics.wasserstein_1d(out[key][site_names[a]], out[key][site_names[b]], edges)
+    if not usable:
+        return out
+    X_before = _fill_columns(np.vstack([feats[i][0] for i in usable]))
+    X_after = _fill_columns(np.vstack([feats[i][1] for i in usable]))
+    H_before = np.vstack([q["input"] for q in qcs]) if all(q["input"] for q in qcs) else None
+    H_after = np.vstack([q["output"] for q in qcs]) if all(q["output"] for q in qcs) else None
+    classifier = []
+    for name, before, after in (("intensity histogram", H_before, H_after), ("brain at 4 mm", X_before, X_after)):
+        if before is None or after is None:
+            continue
+        b, a = site_classifier(before, sites), site_classifier(after, sites)
+        if b and a:
+            classifier.append({"features": name, "before": b["mean"], "after": a["mean"], "before_sd": b["sd"],
+                               "after_sd": a["sd"], "chance": b["chance"], "folds": b["folds"]})
+    out["classifier"] = classifier
+    if len(usable) >= 3 and X_before.shape[1] >= 2 and X_before.shape == X_after.shape:
+        out["embedding"] = embedding_2d(X_before, X_after)
+        out["embedding_sites"] = sites
+    with_age = [k for k, i in enumerate(usable) if rows[i]["participant_id"] in ages]
+    out["age_available"] = bool(ages)
+    if len(with_age) >= MIN_AGE_IMAGES and X_before.shape == X_after.shape:
+        age = np.array([ages[rows[usable[k]]["participant_id"]] for k in with_age])
+        if np.std(age) > 0:
+            out["age"] = age_association(X_before[with_age], X_after[with_age], age)
+            out["age"]["age"] = age
+            out["age"]["sites"] = [sites[k] for k in with_age]
+    return out
+
+
+def _write_report(output_dir, records, rows, feats, slices, strays, ages, bids_dir) -> Path:
+    from .participant import FLAG_TEXT, template_environment
+
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread: the matrices are small and wide, and OpenBLAS threads that wait on each other
+    # made PCA ten times slower on a busy 2-core machine than one thread
+    clock = time.perf_counter()
+    with threadpool_limits(limits=1, user_api="blas"):
+        analysis = _analyses(records, rows, feats, ages)
+    LOGGER.info("group: analyses in %.1f s", time.perf_counter() - clock)
+    clock = time.perf_counter()
+    colors = analysis["colors"]
+    figs = {}
+    if analysis["hist_before"]:
+        figs["histograms"] = figures.data_uri(figures.site_histograms(
+            analysis["edges"], analysis["hist_before"], analysis["hist_after"], analysis["hist_target"], colors), "svg")
+    if len(analysis["sites"]) >= 2:
+        figs["distances"] = figures.data_uri(figures.distance_matrices(
+            analysis["sites"], analysis["w_before"], analysis["w_after"]), "svg")
+    if analysis.get("classifier"):
+        figs["classifier"] = figures.data_uri(figures.classifier_bars(analysis["classifier"]), "svg")
+    if "embedding" in analysis:
+        before, after, explained = analysis["embedding"]
+        figs["embedding"] = figures.data_uri(
+            figures.embedding(before, after, analysis["embedding_sites"], colors, explained),
+            "svg" if len(before) <= 300 else "png")
+    if "age" in analysis:
+        age = analysis["age"]
+        figs["age"] = figures.data_uri(figures.age_scatter(
+            age["age"], age["before"]["predicted"], age["after"]["predicted"], age["before"], age["after"],
+            age["sites"], colors), "svg" if len(age["age"]) <= 300 else "png")
+    mosaic_rows = {}
+    for i, row in enumerate(rows):
+        if i in slices and row["site"] != "n/a":
+            pairs = mosaic_rows.setdefault(row["site"], [])
+            if len(pairs) < MOSAIC_PER_SITE:
+                pairs.append(slices[i])
+    if mosaic_rows:
+        figs["mosaic"] = figures.data_uri(figures.site_mosaic(dict(sorted(mosaic_rows.items()))))
+
+    flagged = []
+    for i, row in enumerate(rows):
+        if not row["flags"]:
+            continue
+        report = output_dir / f"{row['participant_id']}.html"
+        thumb = None
+        if i in slices and len([f for f in flagged if f["thumb"]]) < MAX_THUMBNAILS:
+            thumb = figures.data_uri(figures.thumbnail(*slices[i]))
+        flagged.append({**row, "report": report.name if report.is_file() else None, "thumb": thumb})
+
+    counts = Counter(rows[i]["site"] for i, record in enumerate(records) if record.complete)
+    summary = {
+        "images": sum(1 for r in records if r.complete),
+        "incomplete": sum(1 for r in records if not r.complete),
+        "participants": len({row["participant_id"] for row in rows}),
+        "sites": dict(sorted(counts.items())),
+        "targets": dict(sorted(Counter(row["target"] for row in rows if row["target"] != "n/a").items())),
+        "models": sorted({row["model"] for row in rows if row["model"] != "n/a"}),
+        "flagged": len(flagged),
+    }
+    html = template_environment().get_template("group.html.j2").render(
+        version=__version__, generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        summary=summary, figs=figs, analysis=analysis, flagged=flagged, strays=strays, flag_text=FLAG_TEXT,
+        thresholds={"structure": metrics.STRUCTURE_THRESHOLD, "local": metrics.LOCAL_STRUCTURE_THRESHOLD,
+                    "dice": metrics.MASK_DICE_THRESHOLD, "outlier_z": OUTLIER_Z},
+        bids_dir=str(bids_dir) if bids_dir else None, min_age=MIN_AGE_IMAGES,
+        tsv=GROUP_TSV, citation=(output_dir / "logs" / "CITATION.html").is_file(),
+    )
+    LOGGER.info("group: figures and page in %.1f s", time.perf_counter() - clock)
+    return atomic_write_text(output_dir / GROUP_HTML, html)
+
+
+__all__ = ["run_group", "GROUP_TSV", "GROUP_HTML", "COLUMNS"]

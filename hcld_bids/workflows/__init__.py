@@ -1,0 +1,1 @@
+"""nipype workflows of hcld-bids (``init_*_wf`` factories)."""

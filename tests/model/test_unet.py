@@ -1,0 +1,56 @@
+import json
+
+import pytest
+import torch
+
+from hcld_bids.model import DiffusionUNet
+
+
+@pytest.mark.parametrize("latent", [(4, 4, 4), (8, 12, 8), (20, 24, 20), (4, 8, 12)])
+def test_unet_predicts_noise_of_latent_shape_for_grids_divisible_by_16_in_image_space(latent, tiny_models):
+    _, unet = tiny_models
+    z, c = torch.randn(2, 6, *latent), torch.randn(2, 6, *latent)
+    with torch.no_grad():
+        eps = unet(z, torch.tensor([3, 900]), c)
+    assert eps.shape == z.shape
+
+
+def test_latent_grid_not_divisible_by_four_is_refused(tiny_models):
+    _, unet = tiny_models
+    with pytest.raises(ValueError, match="not divisible"):
+        unet(torch.randn(1, 6, 6, 8, 8), 10, torch.randn(1, 6, 6, 8, 8))
+
+
+def test_default_unet_has_research_network_shape():
+    cfg = DiffusionUNet().config
+    assert cfg["channels"] == [32, 64, 64] and cfg["num_res_blocks"] == 1
+    assert cfg["attention_levels"] == [False, True, True] and cfg["head_channels"] == 64
+    assert cfg["in_channels"] == 12 and cfg["out_channels"] == 6
+
+
+def test_fresh_unet_predicts_zero_noise(tiny_unet_config):
+    unet = DiffusionUNet(**tiny_unet_config)
+    with torch.no_grad():
+        assert torch.count_nonzero(unet(torch.randn(1, 6, 4, 4, 4), 5, torch.randn(1, 6, 4, 4, 4))) == 0
+
+
+def test_condition_argument_equals_concatenated_input(tiny_models):
+    _, unet = tiny_models
+    z, c = torch.randn(1, 6, 4, 8, 4), torch.randn(1, 6, 4, 8, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(unet(z, 7, c), unet(torch.cat([z, c], 1), 7))
+
+
+def test_output_depends_on_timestep_and_condition(tiny_models):
+    _, unet = tiny_models
+    z, c = torch.randn(1, 6, 4, 4, 4), torch.randn(1, 6, 4, 4, 4)
+    with torch.no_grad():
+        base = unet(z, 10, c)
+        assert not torch.allclose(base, unet(z, 500, c))
+        assert not torch.allclose(base, unet(z, 10, c + 1))
+
+
+def test_config_round_trips_through_json(tiny_unet_config):
+    unet = DiffusionUNet(**tiny_unet_config)
+    again = DiffusionUNet.from_config(json.loads(json.dumps(unet.config)))
+    again.load_state_dict(unet.state_dict())

@@ -1,0 +1,161 @@
+"""Methods boilerplate: the numbers of the run in the text, every citation in the .bib, three files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from hcld_bids.config import Config, ExecutionConfig, WorkflowConfig
+from hcld_bids.reports import boilerplate
+
+MANIFEST = {
+    "name": "ixi-4site",
+    "sha256": "3f2a9c" + "0" * 58,
+    "autoencoder": {"config": {"channels": [16, 32, 32], "latent_channels": 6, "num_res_blocks": 2}},
+    "unet": {"config": {"channels": [32, 64, 64], "num_res_blocks": 1}},
+    "noise_schedule": {"num_train_timesteps": 1000},
+    "sites": {"siteA": {"n_images": 30}, "siteB": {"n_images": 28}, "siteC": {"prototype": {"n_images": 31}}},
+    "preprocessing": {"template": "MNI152NLin6Asym", "resolution": 2, "grid_shape": [80, 96, 80]},
+}
+REQUIRED_REFERENCES = ("hcld", "nipype", "pybids", "templateflow", "ants_syn", "ants_metrics", "n4",
+                       "mni152nlin6asym", "pytorch", "ddim", "ldm", "adain")
+
+
+def _config(tmp_path, level="participant", **workflow) -> Config:
+    execution = ExecutionConfig(bids_dir=tmp_path / "bids", output_dir=tmp_path / "out", analysis_level=level,
+                                work_dir=tmp_path / "work")
+    return Config(execution=execution, workflow=WorkflowConfig(**workflow))
+
+
+@pytest.fixture()
+def participant_context(tmp_path):
+    config = _config(tmp_path, target_site="siteB", ddim_inversion_steps=25, ddim_sampling_steps=7,
+                     random_seed=42, model_source="argument")
+    return boilerplate.citation_context(config, MANIFEST, device="cuda:0")
+
+
+def test_write_citation_writes_markdown_bibtex_and_html_into_logs(tmp_path, participant_context):
+    paths = boilerplate.write_citation(tmp_path, participant_context)
+    assert paths == {ext: tmp_path / "logs" / f"CITATION.{ext}" for ext in ("md", "bib", "html")}
+    assert all(path.stat().st_size > 500 for path in paths.values())
+    assert not list((tmp_path / "logs").glob(".tmp-*"))
+
+
+def test_methods_text_carries_the_settings_of_the_run(participant_context):
+    text = boilerplate.render_markdown(participant_context)
+    versions = participant_context["versions"]
+    for fragment in ("MNI152NLin6Asym", "2 mm isotropic", "0.5th and 99.5th percentiles", "80 x 96 x 80",
+                     'site "siteB"', "(n = 28)", "25 deterministic DDIM steps", "7 DDIM sampling steps",
+                     'was "ixi-4site" (SHA-256 of its weights 3f2a9c000000...)', "89 T1w images from 3 sites", "siteC: 31",
+                     "16, 32 and 32 feature channels", "4-fold downsampling", "6 latent channels",
+                     "1000-step noise schedule", "a CUDA GPU (cuda:0)", "random seed 42",
+                     f"hcld-bids {versions['hcld-bids']}", f"Nipype {versions['nipype']}",
+                     f"PyBIDS {versions['pybids']}", f"TemplateFlow {versions['templateflow']}",
+                     f"PyTorch {versions['torch']}", f"Python {versions['python']}"):
+        assert fragment in text, fragment
+    assert "Training of the harmonization model" not in text
+    assert "None" not in text and "{{" not in text
+    assert not any("  " in line or " ." in line or " ," in line for line in text.splitlines())
+
+
+def test_methods_text_cites_the_method_and_the_tools(participant_context):
+    text = boilerplate.render_markdown(participant_context)
+    for citation in ("(Wu et al., 2024)", "(Tustison et al., 2010)", "(Evans et al., 2012)", "(Ciric et al., 2022)",
+                     "(Avants et al., 2008; Avants et al., 2011)", "(Song et al., 2021)", "(Rombach et al., 2022)",
+                     "(Huang and Belongie, 2017)", "(Paszke et al., 2019)", "(Gorgolewski et al., 2011)",
+                     "(Yarkoni et al., 2019)"):
+        assert citation in text, citation
+
+
+def test_bibtex_file_holds_exactly_the_cited_references(participant_context):
+    bib = boilerplate.parse_bibtex(boilerplate.render_bibtex(participant_context))
+    assert set(REQUIRED_REFERENCES) <= set(bib)
+    markdown = boilerplate.render_markdown(participant_context)
+    references = markdown.split("## References")[1]
+    assert len(re.findall(r"^\d+\. ", references, flags=re.M)) == len(bib)
+
+
+def test_every_bibliography_entry_is_complete():
+    for key, ref in boilerplate.bibliography().items():
+        assert {"author", "title", "year"} <= set(ref.fields), key
+        assert ref.fields.get("doi") or ref.fields.get("url"), key
+        assert re.fullmatch(r"(19|20)\d\d", ref.year), key
+        assert ref.fields.get("journal") or ref.fields.get("booktitle") or ref.fields.get("eprint"), key
+
+
+def test_the_hcld_paper_reference_is_right():
+    ref = boilerplate.bibliography()["hcld"]
+    assert ref.authors == ["Wu", "Yu", "Jing", "Yap", "Zhang", "Liu"]
+    assert ref.fields["eprint"] == "2408.09315" and ref.year == "2024"
+    assert "Conditional Latent Diffusion" in ref.fields["title"]
+
+
+def test_train_level_describes_training_instead_of_harmonization(tmp_path):
+    context = boilerplate.citation_context(_config(tmp_path, level="train"), MANIFEST)
+    text = boilerplate.render_markdown(context)
+    assert "## Training of the harmonization model" in text and "## Harmonization\n" not in text
+    for fragment in ("for 30 epochs", "for 80 epochs", "content loss (weight 10)", "style loss (weight 10)",
+                     "image-gradient loss inside the brain (weight 10000)", "from epoch 5 on"):
+        assert fragment in text, fragment
+    assert "DDIM sampling steps" not in text
+
+
+def test_reference_image_replaces_the_target_site(tmp_path):
+    config = _config(tmp_path, reference_image=Path("/data/ref_T1w.nii.gz"))
+    text = boilerplate.render_markdown(boilerplate.citation_context(config, MANIFEST))
+    assert "style of one reference image (/data/ref_T1w.nii.gz)" in text and "site \"" not in text
+
+
+def test_text_without_a_manifest_leaves_unknown_numbers_out(tmp_path):
+    text = boilerplate.render_markdown(boilerplate.citation_context(_config(tmp_path, target_site="A")))
+    assert "None" not in text and "()" not in text and "had been trained" not in text and "The model was" not in text
+
+
+def test_html_escapes_values_and_links_the_references(tmp_path):
+    context = boilerplate.citation_context(_config(tmp_path, target_site="<b>site</b>"), MANIFEST)
+    page = boilerplate.render_html(context)
+    assert "&lt;b&gt;site&lt;/b&gt;" in page and "<b>site</b>" not in page
+    assert 'href="#ref-hcld"' in page and 'id="ref-hcld"' in page
+    assert 'href="https://doi.org/10.1038/s41592-022-01681-2"' in page
+
+
+def test_boilerplate_dir_is_the_top_level_directory_in_a_source_checkout():
+    assert boilerplate.boilerplate_dir().resolve() == Path(__file__).resolve().parents[2] / "boilerplate"
+
+
+@pytest.mark.slow
+def test_an_installed_package_writes_the_citation_from_its_own_copy(tmp_path):
+    """``pip install . --target`` (no editable install) carries boilerplate/ into hcld_bids/data."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.rst", "boilerplate"):
+        if (repo / name).is_dir():
+            shutil.copytree(repo / name, source / name)
+        elif (repo / name).exists():
+            shutil.copy2(repo / name, source / name)
+    shutil.copytree(repo / "hcld_bids", source / "hcld_bids", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", str(source), "--target", str(target), "--no-deps",
+                    "--no-build-isolation", "--quiet"], check=True, capture_output=True, timeout=300)
+    installed = target / "hcld_bids" / "data" / "boilerplate"
+    assert not installed.is_symlink() and (installed / "references.bib").is_file()
+    script = ("import sys; from hcld_bids.reports import boilerplate as b; "
+              "print(b.boilerplate_dir()); b.write_citation(sys.argv[1], b.citation_context(target_site='X'))")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out")], capture_output=True, text=True,
+                            cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": ""}, check=True, timeout=120)
+    assert result.stdout.strip() == str(installed)
+    assert "(Wu et al., 2024)" in (tmp_path / "out" / "logs" / "CITATION.md").read_text()
+
+
+def test_citing_an_unknown_key_is_an_error(tmp_path, monkeypatch):
+    citer = boilerplate._Citer(boilerplate.bibliography(), html_links=False)
+    with pytest.raises(KeyError, match="nonexistent"):
+        citer("nonexistent")

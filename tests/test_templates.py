@@ -1,0 +1,156 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from hcld_bids.errors import MissingInputError
+from hcld_bids.templates import (
+    check_templates,
+    offline_templates,
+    offline_templates_dir,
+    seed_templateflow_home,
+    template_filename,
+)
+from hcld_bids import templates
+
+REPO = Path(__file__).resolve().parents[1]
+TPL = "MNI152NLin6Asym"
+
+
+def _run_python(code: str, home: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter whose TemplateFlow reads ``home`` at import."""
+    env = {**os.environ, "TEMPLATEFLOW_HOME": str(home), "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def test_template_filename_follows_templateflow_naming():
+    assert template_filename(TPL, 2, "T1w") == "tpl-MNI152NLin6Asym_res-02_T1w.nii.gz"
+    assert template_filename(TPL, 1, "mask", "brain") == "tpl-MNI152NLin6Asym_res-01_desc-brain_mask.nii.gz"
+
+
+def test_templateflow_home_is_the_seeded_test_directory(templateflow_home):
+    assert templates.templateflow_home() == templateflow_home
+
+
+def test_check_templates_returns_existing_files_of_seeded_home():
+    files = check_templates(TPL, 2)
+    assert set(files) == {"T1w", "brain_mask", "description"}
+    assert all(path.is_file() and path.stat().st_size > 0 for path in files.values())
+
+
+def test_check_templates_reports_missing_template_with_fetch_command():
+    with pytest.raises(MissingInputError) as info:
+        check_templates(TPL, 1)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "tpl-MNI152NLin6Asym_res-01_T1w.nii.gz" in message
+    assert "python -m hcld_bids.fetch_templates --template MNI152NLin6Asym --resolution 1" in message
+    assert info.value.exit_code == 66
+
+
+def test_check_templates_in_empty_home_names_placeholders_without_downloading(tmp_path):
+    code = (
+        "from hcld_bids.templates import check_templates\n"
+        "from hcld_bids.errors import MissingInputError\n"
+        "try:\n"
+        "    check_templates('MNI152NLin6Asym', 2)\n"
+        "except MissingInputError as exc:\n"
+        "    print('MESSAGE', exc)\n"
+        "    raise SystemExit(exc.exit_code)\n"
+    )
+    home = tmp_path / "tf"
+    result = _run_python(code, home)
+    assert result.returncode == 66, result.stderr
+    assert "Downloading" not in result.stderr + result.stdout
+    message = result.stdout.split("MESSAGE ", 1)[1]
+    # TemplateFlow fills an empty home with zero-byte placeholders; they must not pass as templates.
+    assert "tpl-MNI152NLin6Asym_res-02_T1w.nii.gz is an empty placeholder" in message
+    assert "desc-brain_mask" in message
+    assert f"TEMPLATEFLOW_HOME={home}" in message
+
+
+def test_check_templates_rejects_non_gzip_file(tmp_path):
+    seed_dir = tmp_path / "tf"
+    seed_templateflow_home(seed_dir)
+    (seed_dir / "tpl-MNI152NLin6Asym" / "tpl-MNI152NLin6Asym_res-02_T1w.nii.gz").write_text("<Error>AccessDenied</Error>")
+    result = _run_python(
+        "from hcld_bids.templates import check_templates\ncheck_templates('MNI152NLin6Asym', 2)", seed_dir)
+    assert result.returncode != 0
+    assert "not a gzip-compressed NIfTI" in result.stderr
+
+
+def test_template_files_are_the_paths_templateflow_returns(tmp_path):
+    home = tmp_path / "tf"
+    seed_templateflow_home(home)
+    code = (
+        "import json\n"
+        "from templateflow import api\n"
+        "from hcld_bids.templates import template_files\n"
+        "ours = template_files('MNI152NLin6Asym', 2)\n"
+        "theirs = {'T1w': api.get('MNI152NLin6Asym', resolution=2, suffix='T1w', desc=None, extension='.nii.gz'),\n"
+        "          'brain_mask': api.get('MNI152NLin6Asym', resolution=2, suffix='mask', desc='brain', extension='.nii.gz')}\n"
+        "print(json.dumps({k: [str(ours[k]), str(theirs[k])] for k in theirs}))\n"
+    )
+    result = _run_python(code, home)
+    assert result.returncode == 0, result.stderr
+    pairs = json.loads(result.stdout.strip().splitlines()[-1])
+    for ours, theirs in pairs.values():
+        assert ours == theirs
+
+
+def test_seed_replaces_empty_placeholders_and_keeps_real_files(tmp_path):
+    tpl_dir = tmp_path / "tpl-MNI152NLin6Asym"
+    tpl_dir.mkdir()
+    placeholder = tpl_dir / "tpl-MNI152NLin6Asym_res-02_T1w.nii.gz"
+    placeholder.touch()
+    existing = tpl_dir / "tpl-MNI152NLin6Asym_res-02_desc-brain_mask.nii.gz"
+    existing.write_bytes(b"\x1f\x8bnot ours")
+    written = seed_templateflow_home(tmp_path)
+    assert placeholder in written and placeholder.stat().st_size > 0
+    assert existing not in written and existing.read_bytes() == b"\x1f\x8bnot ours"
+    assert not list(tpl_dir.glob(".*.tmp"))
+
+
+def test_offline_templates_ship_mni152nlin6asym_at_2mm():
+    assert (TPL, 2) in offline_templates()
+    assert (offline_templates_dir() / "tpl-MNI152NLin6Asym" / "NOTICE").is_file()
+
+
+def test_offline_template_files_share_one_ras_grid_and_a_brain_sized_mask():
+    t1w = nib.load(offline_templates_dir() / "tpl-MNI152NLin6Asym" / template_filename(TPL, 2, "T1w"))
+    mask = nib.load(offline_templates_dir() / "tpl-MNI152NLin6Asym" / template_filename(TPL, 2, "mask", "brain"))
+    assert t1w.shape == mask.shape == (91, 109, 91)
+    assert nib.aff2axcodes(t1w.affine) == ("R", "A", "S")
+    # TemplateFlow's MNI152NLin6Asym 2 mm grid: RAS, origin at (-90, -126, -72) mm.
+    np.testing.assert_allclose(t1w.affine, np.array([[2, 0, 0, -90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1]]))
+    np.testing.assert_allclose(mask.affine, t1w.affine)
+    volume_l = float((np.asarray(mask.dataobj) > 0).sum()) * 8 / 1e6
+    assert 1.6 <= volume_l <= 1.9
+    data = np.asarray(t1w.dataobj, dtype=float)
+    inside = np.asarray(mask.dataobj) > 0
+    # Whole head: plenty of non-zero voxels outside the brain, and the brain brighter than them.
+    assert (data[~inside] > 0).mean() > 0.8
+    assert np.median(data[inside]) > np.median(data[~inside])
+
+
+def test_fetch_templates_offline_seeds_an_empty_home(tmp_path):
+    home = tmp_path / "tf"
+    env = {**os.environ, "TEMPLATEFLOW_HOME": str(home), "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "hcld_bids.fetch_templates", "--offline", "--resolution", "2"],
+                            env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert (home / "tpl-MNI152NLin6Asym" / "tpl-MNI152NLin6Asym_res-02_desc-brain_mask.nii.gz").stat().st_size > 0
+
+
+def test_fetch_templates_offline_cannot_provide_1mm(tmp_path):
+    env = {**os.environ, "TEMPLATEFLOW_HOME": str(tmp_path / "tf"), "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "hcld_bids.fetch_templates", "--offline", "--resolution", "1"],
+                            env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 66
+    assert result.stderr.startswith("hcld-bids: error: ") and result.stderr.count("\n") == 1
