@@ -68,7 +68,7 @@ def phantom(grid, seed: int) -> np.ndarray:
     return np.clip(vol, 0, 1).astype(np.float32)
 
 
-def make_harmonizer(ae, unet, grid, device):
+def make_harmonizer(ae, unet, grid, device, autocast=None, channels_last=True):
     """Harmonizer whose target style is a site prototype (a cached latent: no target encode per volume)."""
     latent = ae.latent_shape(grid)
     proto = prototype_from_latents(torch.randn(1, *latent, generator=torch.Generator().manual_seed(1)))
@@ -76,7 +76,7 @@ def make_harmonizer(ae, unet, grid, device):
                          scale_factor=1.0, prototypes={"target": proto.latent},
                          prototype_stats={"target": {"channel_mean": proto.channel_mean,
                                                      "channel_std": proto.channel_std, "count": 1}})
-    return Harmonizer(bundle, device=device)
+    return Harmonizer(bundle, device=device, autocast=autocast, channels_last=channels_last)
 
 
 def run_ours(h: Harmonizer, vol, steps, style=None):
@@ -173,6 +173,8 @@ def main(argv=None) -> int:
     ap.add_argument("--inversion-steps", type=int, default=30)
     ap.add_argument("--sampling-steps", type=int, default=10)
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA (ours runs in float32 too)")
+    ap.add_argument("--no-channels-last", action="store_true", help="our networks in the default memory layout")
     ap.add_argument("--quick", action="store_true", help="tiny network on a 32x48x32 grid, 3 + 2 steps")
     ap.add_argument("--out", type=Path, help="also write the table as TSV")
     ap.add_argument("--child", choices=["ours", "reference"], help=argparse.SUPPRESS)
@@ -195,7 +197,9 @@ def main(argv=None) -> int:
     print(f"# hcld-bids harmonize_speed: default architecture{' (quick: tiny network)' if args.quick else ''} with "
           f"random weights (timing does not depend on weight values); torch {torch.__version__}; "
           f"{args.threads} CPU threads; {steps[0]} inversion + {steps[1]} sampling UNet calls; "
-          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}")
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}; ours on CUDA: "
+          f"{'float32' if args.fp32 else 'bf16 autocast'}, "
+          f"{'default layout' if args.no_channels_last else 'channels-last'}")
     print("# ours: source encode + UNet calls + one decode; the target style (a reference image here, a site "
           "prototype in production) is encoded once and cached")
     print("# reference: research path per subject = target encode + source encode + UNet calls + 3 decodes, fp32, "
@@ -218,7 +222,8 @@ def main(argv=None) -> int:
             if not big:  # 1 mm on CPU runs once, in the memory subprocess below
                 ae, unet = build(args.quick)
                 ref_ae, ref_unet = copy.deepcopy(ae).to(device), copy.deepcopy(unet).to(device)
-                h = make_harmonizer(ae, unet, grid, device)
+                h = make_harmonizer(ae, unet, grid, device, autocast=False if args.fp32 else None,
+                                    channels_last=not args.no_channels_last)
                 vol, target = phantom(grid, 3), phantom(grid, 4)
                 # The reference image's style is encoded once and cached, as for any number of subjects; the
                 # timed runs then cost the same as with a site prototype and compute exactly what the
