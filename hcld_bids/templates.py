@@ -13,10 +13,9 @@ lazily, so a program can set the variable before calling anything here.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from .bids.atomic import atomic_copy, atomic_write_bytes
 from .errors import MissingInputError
 
 #: (suffix, desc) of every template file the preprocessing reads.
@@ -161,16 +160,7 @@ def seed_templateflow_home(dest: str | os.PathLike) -> list[Path]:
         target = dest / src.parent.name / src.name
         if target.is_file() and target.stat().st_size > 0:
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{src.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        written.append(target)
+        written.append(atomic_copy(src, target))
     for tpl_dir in sorted(base.glob("tpl-*")):
         target = write_template_description(dest, tpl_dir.name[len("tpl-"):])
         if target is not None:
@@ -187,8 +177,4 @@ def write_template_description(home: str | os.PathLike, template: str) -> Path |
     content = _skeleton_description(template)
     if content is None:
         return None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{DESCRIPTION_FILE}.{os.getpid()}.tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, target)
-    return target
+    return atomic_write_bytes(target, content)

@@ -6,8 +6,6 @@ reuse it when a rerun has the same inputs. Images are written under a temporary 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -26,15 +24,11 @@ from ..errors import BadDataError
 
 def _save(img: nib.Nifti1Image, cwd, name: str) -> str:
     """Write ``img`` as ``cwd/name`` atomically; return the absolute path."""
+    from ..bids.atomic import atomic_path
+
     out = Path(cwd) / name
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{name}.", suffix=".nii.gz")
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return str(out)
 
 

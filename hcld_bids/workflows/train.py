@@ -12,17 +12,15 @@ the bundle.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import HCLDError, NoDataError, UsageError
+from ..errors import HCLDError, NoDataError
 
 LOGGER = logging.getLogger("hcld_bids")
 
@@ -32,13 +30,10 @@ DEFAULT_TEMPLATE = "MNI152NLin6Asym"
 
 def _export(model_t1w, model_mask, dest_t1w, dest_mask):
     """Copy the model-grid images of one T1w to fixed names in the work directory (atomically)."""
-    import os
-    import shutil
+    from hcld_bids.bids.atomic import atomic_copy
 
     for src, dest in ((model_t1w, dest_t1w), (model_mask, dest_mask)):
-        tmp = dest + ".tmp"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+        atomic_copy(src, dest)
     return dest_t1w
 
 
