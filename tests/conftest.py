@@ -85,3 +85,31 @@ def bids_scanner(tmp_path_factory) -> Path:
         sidecar_level="subject",
         scans_dir=SCANS_DIR,
     )
+
+
+@pytest.fixture(autouse=True)
+def _bids_dir_never_written(monkeypatch):
+    """Every run of the app in this test session proves it wrote nothing into BIDS_DIR.
+
+    Wraps :func:`hcld_bids.cli.run.run` (what ``main`` calls once the arguments are checked): the input
+    tree is fingerprinted before and after, and a test whose run changed it fails, whatever its exit code.
+    Tests that start the app in a subprocess compare the tree themselves.
+    """
+    from hcld_bids.cli import run as run_module
+    from hcld_bids.testing import tree_snapshot
+
+    original = run_module.run
+    changed = []
+
+    def guarded(config):
+        bids_dir = config.execution.bids_dir
+        before = tree_snapshot(bids_dir) if bids_dir.is_dir() else None
+        try:
+            return original(config)
+        finally:
+            if before is not None and tree_snapshot(bids_dir) != before:
+                changed.append(str(bids_dir))
+
+    monkeypatch.setattr(run_module, "run", guarded)
+    yield
+    assert not changed, f"the app wrote into BIDS_DIR {changed}"

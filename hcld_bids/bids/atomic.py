@@ -71,3 +71,35 @@ def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     with atomic_path(dst) as tmp:
         shutil.copy2(src, tmp)
     return Path(dst)
+
+
+def remove_stale_temporaries(output_dir: str | os.PathLike, subjects, older_than: float) -> list[Path]:
+    """Remove what killed jobs of ``subjects`` left behind in ``output_dir``; return what was removed.
+
+    Those are hidden ``.tmp-*`` files and staging directories: anywhere under ``sub-<label>/``, and at the
+    root when their name carries ``sub-<label>`` (staging directories of the sink, temporary reports).
+    Only entries last modified before ``older_than`` (a time stamp: when this run started) go, so nothing
+    a job running now is writing is touched; jobs on other subjects never match.
+    """
+    import re
+
+    output_dir = Path(output_dir)
+    removed = []
+    for label in sorted(set(subjects)):
+        tagged = re.compile(rf"sub-{re.escape(label)}(?![a-zA-Z0-9])")
+        candidates = [p for p in output_dir.glob(f"{TMP_PREFIX}*") if tagged.search(p.name)]
+        subject_dir = output_dir / f"sub-{label}"
+        if subject_dir.is_dir():
+            candidates += subject_dir.rglob(f"{TMP_PREFIX}*")
+        for path in candidates:
+            try:
+                if path.lstat().st_mtime >= older_than:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+    return removed

@@ -6,7 +6,7 @@ uint8), compresses (``compress``) and writes a JSON sidecar from the remaining k
 ``meta_dict``. This subclass
 
 - writes at the root of OUTPUT_DIR (``out_path_base = ""``);
-- lets niworkflows write into a private staging directory inside OUTPUT_DIR (``.tmp-<random>``, same file
+- lets niworkflows write into a private staging directory inside OUTPUT_DIR (``.tmp-sub-<label>-<random>``, same file
   system), then renames each file to its final name: the sidecar first, the image last, so an image under
   its final name always has its complete sidecar, and a killed job leaves no partial file there;
 - adds ``Sources`` (as BIDS URIs: ``bids:raw:...`` for files of BIDS_DIR, ``bids::...`` for files of
@@ -28,6 +28,7 @@ Example (inside a workflow)::
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,6 +39,16 @@ from niworkflows.interfaces.bids import _DerivativesDataSinkInputSpec
 
 from .atomic import TMP_PREFIX
 from .derivatives import bids_uri
+
+
+def staging_prefix(source_file) -> str:
+    """``.tmp-sub-<label>-`` for a source file of a subject (``.tmp-`` otherwise): a killed job's leftover
+    staging directory can be told apart from the ones of jobs running on other subjects."""
+    sources = source_file if isinstance(source_file, (list, tuple)) else [source_file]
+    for source in sources:
+        if isdefined(source) and (match := re.search(r"(?:^|_|/)(sub-[a-zA-Z0-9]+)_", str(source))):
+            return f"{TMP_PREFIX}{match[1]}-"
+    return TMP_PREFIX
 
 
 class _DerivativesDataSinkInputSpec(_DerivativesDataSinkInputSpec):
@@ -71,7 +82,7 @@ class DerivativesDataSink(_NiworkflowsSink):
         output_dir.mkdir(parents=True, exist_ok=True)
         self._metadata.update(self._extra_metadata(output_dir))
 
-        staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=output_dir))
+        staging = Path(tempfile.mkdtemp(prefix=staging_prefix(self.inputs.source_file), dir=output_dir))
         self.inputs.base_directory = str(staging)
         try:
             runtime = super()._run_interface(runtime)

@@ -396,14 +396,15 @@ def build_parser() -> HCLDArgumentParser:
         dest="omp_nthreads",
         type=_positive_int,
         metavar="N",
-        help="threads per process (default: min(8, --nprocs))",
+        help="threads of each step: ANTs, and torch in harmonization and training (default: min(8, --nprocs))",
     )
     perf.add_argument(
         "--mem",
         dest="mem_gb",
         type=parse_mem_gb,
         metavar="SIZE",
-        help="memory limit; a number is GB, or give a unit: 8G, 8GB, 8000M, 16GiB",
+        help="memory limit: steps run side by side only while their declared needs fit; a number is GB, "
+        "or give a unit: 8G, 8GB, 8000M, 16GiB",
     )
     perf.add_argument(
         "--use-plugin",

@@ -54,7 +54,9 @@ def save(fig: Figure, path: str | os.PathLike) -> Path:
 def to_bytes(fig: Figure, fmt: str = "png") -> bytes:
     buffer = io.BytesIO()
     # the figures lay themselves out (constrained layout), so one draw is enough (no bbox_inches="tight")
-    fig.savefig(buffer, format=fmt, dpi=100, metadata={"Date": None} if fmt == "svg" else None)
+    # no date, and SVG element ids from a fixed salt: the same figure gives the same bytes in every run
+    with matplotlib.rc_context({"svg.hashsalt": "hcld-bids"}):
+        fig.savefig(buffer, format=fmt, dpi=100, metadata={"Date": None} if fmt == "svg" else None)
     return buffer.getvalue()
 
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections import defaultdict
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..bids.atomic import remove_stale_temporaries
 from ..errors import BadDataError, HCLDError, MissingInputError, UsageError
 
 LOGGER = logging.getLogger("hcld_bids")
@@ -425,9 +427,13 @@ def run_participant(config, records) -> int:
     workflow = init_hcld_wf(config, records, model, device)
     LOGGER.info("harmonizing %d T1w image(s) with model %s (%s) on %s", len(records), model.name,
                 model.sha256[:12], device)
+    started = time.time()
     run_workflow(workflow, config)
     write_boilerplate(config, model.manifest, device=device)
     write_participant_reports(config, subjects)
+    stale = remove_stale_temporaries(config.execution.output_dir, subjects, older_than=started)
+    if stale:
+        LOGGER.info("removed %d temporary file(s) left by an interrupted earlier run", len(stale))
     LOGGER.info("outputs written to %s", config.execution.output_dir)
     return 0
 

@@ -210,6 +210,10 @@ def run_train(config, records) -> int:
 
         write_boilerplate(config, None)
         return 0
+    import torch
+
+    # training and prototype encoding run in this process: as many torch threads as --omp-nthreads
+    torch.set_num_threads(max(1, int(config.nipype.omp_nthreads)))
     if config.training.add_site_prototypes:
         return add_site_prototypes(config, records)
     if len(records) < 2:

@@ -32,11 +32,15 @@ def _files(sub: str) -> dict[str, str]:
     }
 
 
+#: --mem of the participant run: room for one harmonization of the tiny model (0.7 GB) but not for two
+MEM_GB = 1.0
+
+
 @pytest.fixture(scope="module")
 def participant(trained):
     """Participant level toward siemens, template and native outputs, into the train level's OUTPUT_DIR."""
     code = main([str(trained.bids), str(trained.out), "participant", "--target-site", "siemens",
-                 "--output-spaces", TPL, "T1w", "-w", str(trained.work), *COMMON, *STEPS])
+                 "--output-spaces", TPL, "T1w", "-w", str(trained.work), *COMMON, *STEPS, "--mem", str(MEM_GB)])
     assert code == 0
     trained.preproc_after_participant = {p: p.stat().st_mtime_ns for p in trained.preproc_results}
     return trained
@@ -148,6 +152,22 @@ def test_rerun_recomputes_nothing_and_rewrites_identical_files(participant):
     assert code == 0
     assert _harmonize_results(participant.work) == before
     assert {p: p.read_bytes() for p in participant.out.glob("sub-*/anat/*.nii.gz")} == outputs
+
+
+def test_mem_never_lets_more_harmonizations_run_at_once_than_fit(participant):
+    from datetime import datetime
+
+    from nipype.utils.filemanip import loadpkl
+
+    from hcld_bids.workflows.base import open_model
+
+    need = open_model(participant.model).mem_gb
+    assert need <= MEM_GB < 2 * need  # one fits, two do not (and --nprocs 2 would otherwise run two)
+    spans = sorted((datetime.fromisoformat(r.runtime.startTime), datetime.fromisoformat(r.runtime.endTime))
+                   for r in map(loadpkl, _harmonize_results(participant.work)))
+    assert len(spans) == 3
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end, spans
 
 
 def test_participant_reuses_the_preprocessing_of_the_train_level(participant):
