@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import pytest
 
@@ -11,6 +12,7 @@ from hcld_bids.bids.atomic import (
     atomic_path,
     atomic_write_json,
     atomic_write_text,
+    remove_stale_temporaries,
     temporary_sibling,
 )
 
@@ -47,3 +49,26 @@ def test_copy_keeps_content_and_mode(tmp_path):
     dst = atomic_copy(src, tmp_path / "d" / "dst.sh")
     assert dst.read_text() == "#!/bin/sh\n"
     assert dst.stat().st_mode & 0o777 == 0o750
+
+
+def test_stale_temporaries_of_the_run_subjects_are_removed_and_nothing_else(tmp_path):
+    def make(rel, age_s, is_dir=False):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir() if is_dir else path.write_text("x")
+        old = time.time() - age_s
+        os.utime(path, (old, old))
+        return path
+
+    stale = [make(".tmp-sub-01-ab12cd", 600, is_dir=True),                # sink staging dir of a killed job
+             make(".tmp-0123456789ab-sub-01.html", 600),                  # its half-written report
+             make("sub-01/figures/.tmp-0123456789ab-sub-01_x.svg", 600)]
+    kept = [make(".tmp-sub-010-ab12cd", 600, is_dir=True),                # another subject (sub-010)
+            make(".tmp-sub-02-ab12cd", 600, is_dir=True),                 # another subject's job
+            make("sub-01/anat/.tmp-0123456789ab-sub-01_T1w.nii.gz", 0),   # written now by a running job
+            make(".tmp-0123456789ab-dataset_description.json", 600),      # not a subject's
+            make("sub-01/anat/sub-01_T1w.nii.gz", 600)]                   # a final file
+    started = time.time() - 60
+    assert sorted(remove_stale_temporaries(tmp_path, ["01"], older_than=started)) == sorted(stale)
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in kept)

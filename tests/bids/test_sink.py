@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hcld_bids.bids.derivatives import init_derivatives_dataset
-from hcld_bids.bids.sink import DerivativesDataSink
+from hcld_bids.bids.sink import DerivativesDataSink, staging_prefix
 from hcld_bids.bids.validation import find_validator
 
 SPACE = "MNI152NLin6Asym"
@@ -123,3 +123,12 @@ def test_written_derivatives_dataset_passes_bids_validator(tmp_path, bids_sessio
     issues = json.loads(proc.stdout)["issues"]["issues"]
     assert [i for i in issues if i["severity"] == "error"] == []
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("source, prefix", [
+    ("/data/sub-01/anat/sub-01_T1w.nii.gz", ".tmp-sub-01-"),
+    (["/data/sub-A1b/ses-x/anat/sub-A1b_ses-x_run-2_T1w.nii.gz"], ".tmp-sub-A1b-"),
+    ("/data/template.nii.gz", ".tmp-"),
+])
+def test_staging_directory_names_carry_the_subject(source, prefix):
+    assert staging_prefix(source) == prefix
