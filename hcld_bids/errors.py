@@ -20,6 +20,8 @@ code   class                       meaning
 
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 
 
@@ -81,6 +83,26 @@ class CannotCreateOutputError(HCLDError):
     exit_code = 73
 
 
+#: errno values that mean "the output cannot be written", whatever the file: disk full, quota, read-only.
+OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def output_error(err: OSError, where: str = "OUTPUT_DIR") -> CannotCreateOutputError:
+    """A one-line exit-73 error for an ``OSError`` met while writing: names the file and says what to do."""
+    target = err.filename if err.filename is not None else where
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on device" if err.errno == errno.ENOSPC else "disk quota exceeded"
+        return CannotCreateOutputError(
+            f"cannot write {target}: the disk is full ({what}); free space on that file system or choose another "
+            f"{where} (a rerun reuses what was finished)"
+        )
+    if err.errno == errno.EROFS:
+        return CannotCreateOutputError(f"cannot write {target}: read-only file system; choose a writable {where}")
+    return CannotCreateOutputError(
+        f"cannot write {target} ({err.strerror or err}); check the permissions or choose a writable {where}"
+    )
+
+
 __all__ = [
     "EXIT_OK",
     "HCLDError",
@@ -91,4 +113,6 @@ __all__ = [
     "BadDataError",
     "MissingInputError",
     "CannotCreateOutputError",
+    "OUTPUT_ERRNOS",
+    "output_error",
 ]

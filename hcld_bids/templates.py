@@ -122,6 +122,36 @@ def check_templates(template: str, resolution: int) -> dict[str, Path]:
     return files
 
 
+def template_resolutions(template: str) -> list[int] | None:
+    """TemplateFlow resolution indices of ``template``, or ``None`` when TemplateFlow does not know it.
+
+    Read from ``tpl-<template>/template_description.json`` in TEMPLATEFLOW_HOME (a custom template
+    installed there counts), else from the skeleton shipped in the templateflow package; no network.
+    """
+    import json
+
+    content = None
+    installed = templateflow_home() / f"tpl-{template}" / DESCRIPTION_FILE
+    try:
+        content = json.loads(installed.read_text())
+    except (OSError, ValueError):
+        raw = _skeleton_description(template)
+        if raw is not None:
+            try:
+                content = json.loads(raw)
+            except ValueError:
+                content = None
+    if not isinstance(content, dict):
+        return None
+    resolutions = []
+    for key in content.get("res") or {}:
+        try:
+            resolutions.append(int(key))
+        except (TypeError, ValueError):
+            continue
+    return sorted(resolutions)
+
+
 def offline_templates_dir() -> Path:
     """Directory of the template copies shipped in the package (TemplateFlow layout)."""
     return _OFFLINE_DIR

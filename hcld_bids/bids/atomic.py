@@ -29,6 +29,8 @@ def temporary_sibling(path: str | os.PathLike) -> Path:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is renamed to ``path``, on error removed.
 
+    An ``OSError`` (e.g. ``ENOSPC``, disk full) is re-raised with ``path`` as its file name.
+
     >>> with atomic_path(out / "img.nii.gz") as tmp:  # doctest: +SKIP
     ...     nib.save(img, tmp)
     """
@@ -38,6 +40,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        # name the file the caller meant (a full disk raises from write() with no file name, or names
+        # the hidden temporary); same errno, so the same OSError subclass
+        if err.filename is None or str(err.filename) == str(tmp):
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
     finally:
         if tmp.exists() or tmp.is_symlink():
             if tmp.is_dir() and not tmp.is_symlink():

@@ -100,6 +100,50 @@ def _column_values(rows: list[dict[str, str]] | None, key: str, column: str) -> 
     return {row.get(key, "").strip(): row[column].strip() for row in rows}
 
 
+def _no_site_message(missing: list[T1wRecord], participants_file: Path, participants_rows, column: str,
+                     sessions_cache: dict) -> str:
+    """One line: which images have no site, what was looked at for the first of them, and the fix."""
+    shown = ", ".join(r.relpath for r in missing[:_IMAGES_IN_MESSAGE])
+    if len(missing) > _IMAGES_IN_MESSAGE:
+        shown += f", ... ({len(missing)} in all)"
+    first = missing[0]
+    subjects = sorted({f"sub-{r.subject}" for r in missing})
+    looked: list[str] = []
+    if participants_rows is None:
+        looked.append(f"{participants_file} does not exist")
+        fix = f"add participants.tsv with a {column!r} column"
+    elif not participants_rows:
+        looked.append(f"{participants_file} has no rows")
+        fix = f"list the participants in participants.tsv with a {column!r} column"
+    elif column not in participants_rows[0]:
+        columns = ", ".join(participants_rows[0])
+        looked.append(f"{participants_file} has no {column!r} column (its columns: {columns})")
+        fix = (f"add a {column!r} column to participants.tsv, or name the column that holds the site with "
+               "--site-column")
+    else:
+        ids = {str(row.get("participant_id", "")).strip() for row in participants_rows}
+        absent = [s for s in subjects if s not in ids]
+        if absent:
+            looked.append(f"{', '.join(absent[:_IMAGES_IN_MESSAGE])} not listed in {participants_file}")
+        empty = [s for s in subjects if s in ids]
+        if empty:
+            looked.append(f"the {column!r} cell of {', '.join(empty[:_IMAGES_IN_MESSAGE])} in {participants_file} "
+                          "is empty or n/a")
+        fix = f"fill in the {column!r} column of participants.tsv for {', '.join(subjects[:_IMAGES_IN_MESSAGE])}"
+    if all(r.session is None for r in missing):
+        looked.append("no sessions.tsv applies (no sessions)")
+    else:
+        if all(sessions_cache.get(r.subject) is None for r in missing if r.session is not None):
+            looked.append(f"no sessions.tsv has a {column!r} column")
+        else:
+            looked.append(f"the {column!r} cells of their sessions.tsv rows are empty")
+    if not first.metadata:
+        looked.append(f"{first.relpath} has no JSON sidecar")
+    else:
+        looked.append(f"the sidecar of {first.relpath} has none of the scanner fields {', '.join(SCANNER_FIELDS)}")
+    return f"no site found for {shown}: {'; '.join(looked)}; {fix} (or add the scanner fields to the sidecars)"
+
+
 def resolve_sites(
     records: Iterable[T1wRecord],
     bids_dir: str | os.PathLike,
@@ -117,7 +161,8 @@ def resolve_sites(
     column = site_column or DEFAULT_SITE_COLUMN
 
     participants_file = bids_dir / "participants.tsv"
-    participants = _column_values(_read_tsv(participants_file), "participant_id", column)
+    participants_rows = _read_tsv(participants_file)
+    participants = _column_values(participants_rows, "participant_id", column)
     sessions_cache: dict[str, dict[str, str] | None] = {}
 
     def sessions_of(subject: str) -> dict[str, str] | None:
@@ -129,6 +174,7 @@ def resolve_sites(
     raw_values: dict[str, set[str]] = {}
     resolved: list[T1wRecord] = []
     missing: list[T1wRecord] = []
+    fell_back: list[T1wRecord] = []
     for record in records:
         site = source = None
         if participants is not None:
@@ -146,6 +192,8 @@ def resolve_sites(
         if site is None:
             site = scanner_site_label(record.metadata)
             source = SOURCE_SCANNER if site else None
+            if site is not None and participants is not None:
+                fell_back.append(record)
         if site is None:
             missing.append(record)
         resolved.append(dataclasses.replace(record, site=site, site_source=source))
@@ -164,13 +212,16 @@ def resolve_sites(
             "(labels keep letters and digits only); make them differ in letters or digits"
         )
     if missing:
-        shown = ", ".join(r.relpath for r in missing[:_IMAGES_IN_MESSAGE])
-        if len(missing) > _IMAGES_IN_MESSAGE:
-            shown += f", ... ({len(missing)} in all)"
-        raise BadDataError(
-            f"no site found for {shown}: searched column {column!r} of participants.tsv and sessions.tsv, "
-            f"and the sidecar fields {', '.join(SCANNER_FIELDS)}; add a site column (or name yours with "
-            "--site-column)"
+        raise BadDataError(_no_site_message(missing, participants_file, participants_rows, column, sessions_cache))
+    if fell_back:
+        shown = ", ".join(f"sub-{r.subject}" for r in fell_back[:_IMAGES_IN_MESSAGE])
+        if len(fell_back) > _IMAGES_IN_MESSAGE:
+            shown += f", ... ({len(fell_back)} in all)"
+        LOGGER.warning(
+            "%s: no value in the %r column of %s; their site is the scanner of their sidecar instead (e.g. %s): "
+            "fill in the column if they belong to one of its sites",
+            shown, column, participants_file,
+            next(r.site for r in resolved if r.path == fell_back[0].path),
         )
     for record in resolved:
         LOGGER.debug("site of %s: %s (from %s)", record.relpath, record.site, record.site_source)

@@ -160,6 +160,49 @@ def validate_bids(
     return VALIDATOR
 
 
+#: Fields BIDS requires in dataset_description.json (and pybids checks when it validates a root).
+REQUIRED_DESCRIPTION_FIELDS = ("Name", "BIDSVersion")
+
+
+def check_dataset_description(bids_dir: str | os.PathLike, *, strict: bool = True) -> dict | None:
+    """Check ``BIDS_DIR/dataset_description.json``; return its content (``None`` when absent and not strict).
+
+    Raises :class:`InvalidBIDSError` (16) naming the file. The file is read on every run because the
+    derivatives' own description names the source dataset from it, so one that is there but is not a JSON
+    object ends the run even with ``--skip-bids-validation`` (pybids would ignore it silently). ``strict``
+    (validation not skipped) also requires the file and its mandatory ``Name`` and ``BIDSVersion``; with
+    ``--skip-bids-validation`` their absence is only a warning, as in pybids and fMRIPrep: hand-made datasets
+    that lack them are what that flag is for, and hcld-bids does not need them.
+    """
+    root = Path(bids_dir).absolute()
+    path = root / "dataset_description.json"
+    fix = ('it needs at least {"Name": "<dataset name>", "BIDSVersion": "1.10.0"} '
+           "(https://bids-specification.readthedocs.io/en/stable/modality-agnostic-files.html)")
+    if not path.is_file():
+        if strict:
+            raise InvalidBIDSError(f"BIDS_DIR {root} is not valid BIDS: dataset_description.json is missing; "
+                                   f"add it ({fix}) or rerun with --skip-bids-validation")
+        LOGGER.warning("%s is missing; going on because of --skip-bids-validation", path)
+        return None
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        where = f"line {err.lineno} column {err.colno}: {err.msg}" if isinstance(err, json.JSONDecodeError) else err
+        raise InvalidBIDSError(f"{path} is not valid JSON ({where}), so BIDS_DIR is not valid BIDS; fix the file "
+                               f"({fix})") from None
+    if not isinstance(content, dict):
+        raise InvalidBIDSError(f"{path} holds a JSON {type(content).__name__}, not an object, so BIDS_DIR is not "
+                               f"valid BIDS; fix the file ({fix})")
+    missing = [key for key in REQUIRED_DESCRIPTION_FIELDS if not str(content.get(key) or "").strip()]
+    if missing and strict:
+        raise InvalidBIDSError(f"BIDS_DIR {root} is not valid BIDS: dataset_description.json lacks the required "
+                               f"field(s) {', '.join(missing)}; add them ({fix}) or rerun with --skip-bids-validation")
+    if missing:
+        LOGGER.warning("%s lacks the required field(s) %s; going on because of --skip-bids-validation", path,
+                       ", ".join(missing))
+    return content
+
+
 def _pybids_check(bids_dir: Path) -> None:
     """The checks pybids applies when opening a dataset with validation on."""
     from bids.exceptions import BIDSValidationError

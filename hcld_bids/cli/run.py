@@ -1,12 +1,14 @@
 """Entry point of the ``hcld-bids`` command: arguments -> :class:`~hcld_bids.config.Config` -> run.
 
 Order of work: parse (usage errors 64), check the analysis level (17) and the inputs (66, 64), build the
-config, create the output, log and work directories (73), save the config, validate BIDS_DIR (16), select
-the T1w images (18), resolve their sites (65), write the derivatives' dataset_description.json, then hand
-the config and the images to :func:`hcld_bids.workflows.base.run_level`.
+config, create the output, log and work directories (73), save the config, check BIDS_DIR's
+dataset_description.json (16; not valid JSON is an error even with --skip-bids-validation), validate
+BIDS_DIR (16), select the T1w images (18), resolve their sites (65), write the derivatives'
+dataset_description.json, then hand the config and the images to :func:`hcld_bids.workflows.base.run_level`.
 
 Every :class:`~hcld_bids.errors.HCLDError` ends the run with one line on stderr,
-``hcld-bids: error: <message>``, and its exit code. Any other exception is a bug: one line naming a crash
+``hcld-bids: error: <message>``, and its exit code; so does a full disk, a full quota or a read-only file
+system met while writing (73, naming the file). Any other exception is a bug: one line naming a crash
 file that holds the traceback, exit code 1. ``-v`` also prints the traceback.
 """
 
@@ -32,11 +34,13 @@ from ..config import (
     resolve_model,
 )
 from ..errors import (
+    OUTPUT_ERRNOS,
     CannotCreateOutputError,
     HCLDError,
     MissingInputError,
     UnknownLevelError,
     UsageError,
+    output_error,
 )
 from .parser import PROG, build_parser, default_nprocs
 
@@ -216,9 +220,11 @@ def collect_inputs(config: Config):
     """Validate BIDS_DIR, open its index, and return the selected T1w images with their sites."""
     from ..bids.layout import collect_t1w, open_layout
     from ..bids.sites import resolve_sites
-    from ..bids.validation import validate_bids
+    from ..bids.validation import check_dataset_description, validate_bids
 
     execution = config.execution
+    # a broken file ends the run even with --skip-bids-validation (16); a missing one only without it
+    check_dataset_description(execution.bids_dir, strict=not execution.skip_bids_validation)
     pybids_validate = False
     if not execution.skip_bids_validation:
         how = validate_bids(
@@ -274,9 +280,7 @@ def run(config: Config) -> int:
         try:
             init_derivatives_dataset(config.execution.output_dir, config.execution.bids_dir)
         except OSError as err:
-            raise CannotCreateOutputError(
-                f"cannot write the dataset files of OUTPUT_DIR {config.execution.output_dir} ({err})"
-            ) from None
+            raise output_error(err, "OUTPUT_DIR") from None
     return dispatch(config, records)
 
 
@@ -362,11 +366,24 @@ def _run_reporting_errors(args: argparse.Namespace, verbosity: int) -> int:
     except KeyboardInterrupt:
         print(_error_line("interrupted"), file=sys.stderr)
         return 130
-    except Exception as err:  # a bug: one line for the user, the traceback in a file
-        text = traceback.format_exc()
-        crash_file = _write_crash_file(config, text)
+    except OSError as err:
+        if err.errno not in OUTPUT_ERRNOS:
+            return _report_crash(config, err, verbosity)
         if verbosity:
-            print(text, file=sys.stderr, end="")
-        where = f"; traceback in {crash_file}" if crash_file else ""
-        print(_error_line(f"unexpected {type(err).__name__}: {err}{where}"), file=sys.stderr)
-        return 1
+            traceback.print_exc(file=sys.stderr)
+        error = output_error(err, "OUTPUT_DIR or work directory")
+        print(_error_line(error.message), file=sys.stderr)
+        return error.exit_code
+    except Exception as err:  # a bug: one line for the user, the traceback in a file
+        return _report_crash(config, err, verbosity)
+
+
+def _report_crash(config: Config | None, err: Exception, verbosity: int) -> int:
+    """An unexpected exception (called inside its ``except``): one line naming the crash file, exit code 1."""
+    text = traceback.format_exc()
+    crash_file = _write_crash_file(config, text)
+    if verbosity:
+        print(text, file=sys.stderr, end="")
+    where = f"; traceback in {crash_file}" if crash_file else ""
+    print(_error_line(f"unexpected {type(err).__name__}: {err}{where}"), file=sys.stderr)
+    return 1

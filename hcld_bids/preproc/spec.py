@@ -70,6 +70,30 @@ def _differences(expected, found, path=""):
         yield f"{path} is {found!r}, this pipeline uses {expected!r}"
 
 
+def _check_template(spec: dict, bundle) -> None:
+    """The bundle's template must be one TemplateFlow knows, at a resolution it offers (65 otherwise)."""
+    from ..templates import offline_templates, template_resolutions
+
+    template, resolution = spec["template"], spec["resolution"]
+    shipped = ", ".join(f"{t} at resolution {r}" for t, r in offline_templates()) or "none"
+    if not isinstance(template, str) or not template:
+        raise BadDataError(f"{bundle}: preprocessing template {template!r} is not a template name; hcld-bids "
+                           f"supports TemplateFlow templates (this installation ships {shipped}).")
+    resolutions = template_resolutions(template)
+    if resolutions is None:
+        raise BadDataError(
+            f"{bundle}: preprocessing template {template!r} is not a TemplateFlow template (nor installed in "
+            f"TEMPLATEFLOW_HOME); hcld-bids supports TemplateFlow templates (this installation ships {shipped}): "
+            "use a bundle trained for one of them, or retrain."
+        )
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, str)) or str(resolution).strip() not in {
+            str(r) for r in resolutions} | {f"{r:02d}" for r in resolutions}:
+        raise BadDataError(
+            f"{bundle}: preprocessing resolution {resolution!r} is not a resolution of {template} in TemplateFlow "
+            f"(it has {', '.join(map(str, resolutions)) or 'none'}); use a bundle trained at one of them."
+        )
+
+
 def check_preprocessing_spec(spec: dict, *, bundle: str | os.PathLike = "model bundle") -> dict:
     """Compare a bundle's "preprocessing" block with this pipeline; return the block if they agree.
 
@@ -86,6 +110,7 @@ def check_preprocessing_spec(spec: dict, *, bundle: str | os.PathLike = "model b
             f"{bundle}: the manifest's preprocessing block lacks {', '.join(missing)}; "
             "rebuild the bundle with this version of hcld-bids."
         )
+    _check_template(spec, bundle)
     try:
         expected = preprocessing_spec(
             spec["template"], int(spec["resolution"]), registration=spec.get("registration", "affine")

@@ -21,6 +21,11 @@ from ..errors import BadDataError, MissingInputError
 VOXEL_SIZE_RANGE_MM = (0.3, 5.0)
 #: A brain at the coarsest voxel size still spans this many voxels per axis.
 MIN_VOXELS_PER_AXIS = 16
+#: Least field of view along every axis, in millimetres. A whole brain spans about 140 x 170 x 120 mm in
+#: adults and still more than 100 mm along every axis in young children, so an image narrower than
+#: 80 mm in any direction cannot hold one: a slab, a localizer, a cropped patch or a header whose
+#: voxel sizes are not in millimetres. (The model window itself covers 160 x 192 x 160 mm.)
+MIN_FOV_MM = 80.0
 
 
 def _from_bytes(raw: bytes):
@@ -68,6 +73,9 @@ def load_t1w(path) -> nib.Nifti1Image:
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
+    if len(shape) < 3 or (len(shape) == 3 and min(shape) == 1):
+        raise _bad(path, f"has shape {img.shape}: a 2D image (one slice), not a 3D volume",
+                   "convert the whole 3D T1w series (e.g. with dcm2niix), not a single slice")
     if len(shape) != 3:
         raise _bad(path, f"has shape {img.shape}, not a single 3D volume",
                    "split the series and keep one T1w volume per file")
@@ -83,6 +91,11 @@ def load_t1w(path) -> nib.Nifti1Image:
     if np.any(zooms < low) or np.any(zooms > high):
         raise _bad(path, f"has voxel sizes {tuple(np.round(zooms, 3))} mm, outside {low}-{high} mm",
                    "check the header's pixdim/affine units (millimetres expected)")
+    fov = np.asarray(shape, dtype=float) * zooms
+    if np.any(fov < MIN_FOV_MM - 1e-6):
+        shown = " x ".join(f"{v:g}" for v in np.round(fov, 1))
+        raise _bad(path, f"covers only {shown} mm ({' x '.join(map(str, shape))} voxels), less than a brain",
+                   f"provide a whole-head 3D T1w covering at least {MIN_FOV_MM:g} mm along every axis")
     try:
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as exc:

@@ -40,6 +40,8 @@ class ImageRecord:
     mask: Path | None = None
     sidecar: dict | None = None
     problems: list[str] = field(default_factory=list)
+    #: a sidecar found without any of the images (a run killed between writing the two)
+    orphan_sidecar: Path | None = None
 
     @property
     def subject(self) -> str:
@@ -67,7 +69,7 @@ class ImageRecord:
 
     def relative(self, output_dir: Path, path: Path | None = None) -> str:
         """Path of ``path`` (default: the harmonized image, else the preprocessed one) from OUTPUT_DIR."""
-        path = path or self.harmonized or self.preproc or self.mask
+        path = path or self.harmonized or self.preproc or self.mask or self.orphan_sidecar
         return Path(path).relative_to(output_dir).as_posix()
 
 
@@ -112,8 +114,8 @@ def find_strays(output_dir: str | os.PathLike, subject: str | None = None) -> li
 def find_images(output_dir: str | os.PathLike, subject: str | None = None) -> list[ImageRecord]:
     """Records of every template-space T1w under OUTPUT_DIR (or of one ``subject`` label), sorted.
 
-    A record exists when a harmonized or a preprocessed template-space image exists; missing partners
-    and an unreadable or incomplete sidecar are listed in ``problems``.
+    A record exists when a harmonized or a preprocessed template-space image, or only its JSON sidecar,
+    exists; missing partners and an unreadable or incomplete sidecar are listed in ``problems``.
     """
     output_dir = Path(output_dir)
     records: dict[tuple, ImageRecord] = {}
@@ -128,6 +130,17 @@ def find_images(output_dir: str | os.PathLike, subject: str | None = None) -> li
             key = tuple(sorted((k, str(v)) for k, v in entities.items()))
             record = records.setdefault(key, ImageRecord(entities=entities))
             setattr(record, desc, path)
+        # sidecars whose images are all missing: listed as incomplete rather than silently skipped
+        for path in sorted(anat.glob("sub-*_space-*_desc-*_T1w.json")):
+            entities = _parse(path)
+            desc = entities.pop("desc", None)
+            if desc not in ("harmonized", "preproc") or "space" not in entities:
+                continue
+            for key in ("suffix", "extension", "datatype"):
+                entities.pop(key, None)
+            key = tuple(sorted((k, str(v)) for k, v in entities.items()))
+            if key not in records:
+                records[key] = ImageRecord(entities=entities, orphan_sidecar=path)
     for record in records.values():
         if record.harmonized is None:
             harmonized = _partner(output_dir, record.entities, "harmonized", "T1w")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..bids.atomic import remove_stale_temporaries
-from ..errors import BadDataError, HCLDError, MissingInputError, UsageError
+from ..errors import BadDataError, CannotCreateOutputError, HCLDError, MissingInputError, UsageError
 
 LOGGER = logging.getLogger("hcld_bids")
 
@@ -111,6 +111,17 @@ def check_t1w_images(records) -> None:
 
     for record in records:
         load_t1w(record.path)
+
+
+def check_reference_image(path) -> None:
+    """``--reference-image`` must pass the checks of a T1w (3D, whole head, finite, non-empty); else 65/66
+    with the option named, so the user knows which of their files is meant."""
+    from ..preproc.validate import load_t1w
+
+    try:
+        load_t1w(path)
+    except HCLDError as err:
+        raise type(err)(f"--reference-image {err.message}") from None
 
 
 def _safe_name(*parts) -> str:
@@ -341,8 +352,26 @@ def configure_nipype(config) -> None:
     os.environ.setdefault("NIPYPE_NO_ET", "1")
 
 
+#: How a full disk or quota shows in a node's traceback.
+_DISK_FULL_MARKERS = ("No space left on device", "Disk quota exceeded")
+
+
+def _disk_full_crash(crash_files) -> str | None:
+    """The line of a crash file that says a write failed for lack of space, or None."""
+    for crash in crash_files:
+        try:
+            text = Path(crash).read_text(errors="replace")
+        except OSError:
+            continue
+        for line in reversed(text.splitlines()):
+            if any(marker in line for marker in _DISK_FULL_MARKERS):
+                return " ".join(line.split())[:200]
+    return None
+
+
 def run_workflow(workflow, config) -> None:
-    """Run a nipype workflow with the run's settings; a failed node ends the run (exit 1) naming its crash file."""
+    """Run a nipype workflow with the run's settings; a failed node ends the run (exit 1) naming its crash file,
+    or with exit 73 when the node failed because the disk or quota is full."""
     configure_nipype(config)
     # A workflow keeps the global settings of the moment it was built, and they win over later global
     # changes: set them on the workflow itself too.
@@ -357,6 +386,12 @@ def run_workflow(workflow, config) -> None:
     except RuntimeError as err:
         crashes = sorted(str(p) for p in config.execution.output_dir.glob(f"sub-*/log/{config.execution.run_uuid}/*"))
         where = f"; crash file(s): {', '.join(crashes[:3])}" if crashes else ""
+        full = _disk_full_crash(crashes)
+        if full is not None:
+            raise CannotCreateOutputError(
+                f"the disk is full ({full}){where}; free space on the file system of OUTPUT_DIR or the work "
+                "directory and rerun (finished steps are reused from the work directory)"
+            ) from None
         raise HCLDError(f"{' '.join(str(err).split())[:300]}{where}") from None
     finally:
         gc.unfreeze()
@@ -392,9 +427,7 @@ def _participant_checks(config, records):
     if config.workflow.target_site:
         config.workflow.target_site = check_target_site(config.workflow.target_site, list(model.sites))
     if config.workflow.reference_image:
-        from ..preproc.validate import load_t1w
-
-        load_t1w(config.workflow.reference_image)
+        check_reference_image(config.workflow.reference_image)
     spaces = [s for s in config.workflow.output_spaces if s != "T1w"]
     for space in spaces:
         if space != model.template:

@@ -72,3 +72,24 @@ def test_stale_temporaries_of_the_run_subjects_are_removed_and_nothing_else(tmp_
     assert sorted(remove_stale_temporaries(tmp_path, ["01"], older_than=started)) == sorted(stale)
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in kept)
+
+
+def test_a_full_disk_keeps_the_old_file_removes_the_temporary_and_names_the_final_path(tmp_path):
+    import errno
+
+    path = atomic_write_text(tmp_path / "f.txt", "old")
+    with pytest.raises(OSError) as info:
+        with atomic_path(path) as tmp:
+            with open(tmp, "w") as stream:
+                stream.write("half")
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what write() raises on a full disk
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_an_error_that_names_another_file_is_left_alone(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        with atomic_path(tmp_path / "f.txt"):
+            open(tmp_path / "missing" / "x")
+    assert info.value.filename == str(tmp_path / "missing" / "x")

@@ -266,7 +266,9 @@ def test_image_without_site_exits_65(tmp_path, scans_dir, run_cli):
     dataset = make_bids_dataset(tmp_path / "bids", scans_dir=scans_dir, missing_site=["02"], with_sidecars=False)
     code, err = run_cli(dataset, tmp_path / "out", "group", "-w", tmp_path / "w", "--skip-bids-validation")
     assert code == 65
-    assert _error_only(err).startswith("hcld-bids: error: no site found for sub-02/anat/sub-02_T1w.nii.gz: searched")
+    line = _error_only(err)
+    assert line.startswith("hcld-bids: error: no site found for sub-02/anat/sub-02_T1w.nii.gz: ")
+    assert "the 'site' cell of sub-02 in" in line and "sub-02/anat/sub-02_T1w.nii.gz has no JSON sidecar" in line
 
 
 # --- the real console entry, in a subprocess ------------------------------------------------------------
