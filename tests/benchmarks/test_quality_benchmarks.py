@@ -184,8 +184,9 @@ def test_nyul_maps_landmarks_onto_the_standard_scale():
 
 @pytest.mark.slow
 def test_quality_real_vendors_tiny(tmp_path):
-    """Two vendors' scans, a tiny bundle on a 32x48x32 window of the template grid; ``--quick`` places the scans on the grid without
-    ANTs (the CLI path, N4 and registration of every scan, takes minutes on 2 loaded cores)."""
+    """Two vendors' scans and a tiny bundle on a 32x48x32 window of the template grid. ``--quick`` places the
+    scans on the grid without ANTs (the CLI path, N4 and registration of every scan, takes minutes on 2 loaded
+    cores)."""
     from hcld_bids.model import compute_site_prototype, save_bundle
 
     demo = json.loads((ROOT / "hcld_bids" / "data" / "models" / "demo" / "manifest.json").read_text())
