@@ -6,7 +6,9 @@ Builds a one-participant BIDS dataset from a bundled real scan, then times ``hcl
 QC, derivatives, report, boilerplate), in a fresh process, and prints the time of every preprocessing and
 harmonization node from nipype's results.
 
-    PYTHONPATH=$PWD python benchmarks/participant_e2e.py [--scanner siemens] [--nprocs 2] [--keep DIR]
+    PYTHONPATH=$PWD python benchmarks/participant_e2e.py [--scanner siemens] [--nprocs 2] [--keep DIR] [--quick]
+
+``--quick`` (for the tests) harmonizes with 2 + 1 DDIM steps instead of the default 30 + 10.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scanner", default="siemens", choices=["philips", "siemens", "uih"])
     ap.add_argument("--nprocs", type=int, default=2)
     ap.add_argument("--keep", type=Path, help="work here and keep the outputs (default: a temporary directory)")
+    ap.add_argument("--quick", action="store_true", help="2 + 1 DDIM steps (smoke test of the script)")
     args = ap.parse_args(argv)
 
     from hcld_bids.templates import seed_templateflow_home
@@ -41,6 +44,8 @@ def main(argv=None) -> int:
         env["TEMPLATEFLOW_HOME"] = str(root / "templateflow")
     cmd = [sys.executable, "-m", "hcld_bids", str(bids), str(root / "out"), "participant", "--target-site", "siteA",
            "-w", str(root / "work"), "--nprocs", str(args.nprocs), "--skip-bids-validation"]
+    if args.quick:
+        cmd += ["--ddim-inversion-steps", "2", "--ddim-sampling-steps", "1"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -50,7 +55,7 @@ def main(argv=None) -> int:
     from nipype.utils.filemanip import loadpkl
 
     print(f"# participant level, one {args.scanner} T1w (3 mm scan), demo model, {args.nprocs} processes, "
-          f"fresh work directory")
+          f"fresh work directory" + (", 2 + 1 DDIM steps (--quick)" if args.quick else ""))
     print("node\tseconds")
     for result in sorted((root / "work").glob("hcld_bids_wf/sub_01_wf/t1w_wf/*/*/result_*.pklz")):
         runtime = getattr(loadpkl(result), "runtime", None)

@@ -9,6 +9,9 @@ bundle manifest). Metrics: SSIM (3D, Gaussian window sigma 1.5 voxels, averaged 
 MAE in the brain, Wasserstein-1 distance between brain-intensity histograms, and anatomy preservation
 (structure preservation of hcld_bids.reports.metrics between input and output).
 
+benchmarks/quality_simulated.py is the fuller benchmark (every site pair, Nyul normalization, a site
+classifier) and holds the loading, baseline and metric functions used here.
+
 Inputs are the model-grid images the train level's preprocessing exported for the held-out dataset
 (``WORK/train/inputs/sub-<s>_ses-<site>_{t1w,mask}.nii.gz``).
 
@@ -20,73 +23,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-from skimage.metrics import structural_similarity
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from hcld_bids.model.bundle import load_bundle
-from hcld_bids.model.harmonize import Harmonizer
-from hcld_bids.reports import metrics
+import quality_simulated as quality  # noqa: E402
 
-
-def load_inputs(work: Path):
-    images = defaultdict(dict)
-    for path in sorted((work / "train" / "inputs").glob("*_t1w.nii.gz")):
-        m = re.match(r"sub-(?P<sub>[^_]+)_ses-(?P<site>[^_]+)_t1w\.nii\.gz", path.name)
-        if not m:
-            continue
-        mask = path.with_name(path.name.replace("_t1w.nii.gz", "_mask.nii.gz"))
-        images[m["sub"]][m["site"]] = (np.asarray(nib.load(path).dataobj, dtype=np.float32),
-                                       np.asarray(nib.load(mask).dataobj) > 0)
-    return images
+from hcld_bids.model.bundle import load_bundle  # noqa: E402
+from hcld_bids.model.harmonize import Harmonizer  # noqa: E402
 
 
-def histogram_match(vol, mask, edges, density):
-    """Map the brain intensities of ``vol`` onto the distribution ``density`` (on ``edges``) by quantiles."""
-    edges, density = np.asarray(edges, float), np.asarray(density, float)
-    cdf = np.concatenate([[0.0], np.cumsum(density * np.diff(edges))])
-    cdf /= cdf[-1]
-    values = vol[mask]
-    ranks = (np.argsort(np.argsort(values, kind="stable"), kind="stable") + 0.5) / values.size
-    out = np.zeros_like(vol)
-    out[mask] = np.interp(ranks, cdf, edges)
-    return out
+#: Names of the metrics in this script's JSON (kept from before the functions moved to the benchmark).
+_KEYS = {"w1_same_head": "wasserstein_to_same_head", "w1_site": "wasserstein_to_site"}
 
 
 def image_metrics(out, ref, ref_mask, inp, inp_mask, target_hist):
-    brain = ref_mask & inp_mask
-    _, ssim_map = structural_similarity(ref * brain, out * brain, data_range=1.0, gaussian_weights=True,
-                                        sigma=1.5, use_sample_covariance=False, full=True)
-    diff = out[brain] - ref[brain]
-    mse = float(np.mean(diff ** 2))
-    edges = metrics.histogram_edges()
-    _, h_out = metrics.brain_histogram(out, inp_mask)
-    _, h_ref = metrics.brain_histogram(ref, ref_mask)
-    return {
-        "ssim": float(ssim_map[brain].mean()),
-        "psnr": float(10 * np.log10(1.0 / max(mse, 1e-12))),
-        "mae": float(np.mean(np.abs(diff))),
-        "wasserstein_to_same_head": metrics.wasserstein_1d(h_out, h_ref, edges),
-        "wasserstein_to_site": metrics.wasserstein_1d(
-            h_out, metrics.rebin_density(target_hist["density"], target_hist["edges"], edges), edges),
-        "structure_preservation": metrics.structure_preservation(inp, out, inp_mask, voxel_size_mm=2.0),
-    }
+    values = quality.image_metrics(out, ref, ref_mask, inp, inp_mask, target_hist)
+    return {_KEYS.get(k, k): v for k, v in values.items()}
 
 
 def summarize(rows):
-    out = {}
-    for method in sorted({r["method"] for r in rows}):
-        sel = [r for r in rows if r["method"] == method]
-        out[method] = {k: {"mean": round(float(np.mean([r[k] for r in sel])), 4),
-                           "sd": round(float(np.std([r[k] for r in sel])), 4)}
-                       for k in sel[0] if k not in ("method", "subject", "source", "target", "seconds")}
-        out[method]["n"] = len(sel)
-    return out
+    keys = [k for k in rows[0] if k not in ("method", "subject", "source", "target", "seconds")]
+    return quality.summarize(rows, keys)
 
 
 def main(argv=None) -> int:
@@ -103,7 +63,7 @@ def main(argv=None) -> int:
 
     bundle = load_bundle(args.bundle, device=args.device)
     harmonizer = Harmonizer(bundle, device=args.device)
-    images = load_inputs(args.work)
+    images = quality.load_inputs(args.work / "train" / "inputs")
     subjects = sorted(images)[: args.subjects] if args.subjects else sorted(images)
     sites = sorted({s for sub in subjects for s in images[sub]})
     targets = args.targets or sites
@@ -122,8 +82,8 @@ def main(argv=None) -> int:
                                            sampling_steps=args.sampling_steps, mask=inp_mask)
                 seconds = time.perf_counter() - t0
                 outputs = {"input (no harmonization)": inp,
-                           "histogram matching to the target site": histogram_match(inp, inp_mask, hist["edges"],
-                                                                                    hist["density"]),
+                           "histogram matching to the target site": quality.histogram_match(
+                               inp, inp_mask, hist["edges"], hist["density"]),
                            "hcld": out}
                 for method, image in outputs.items():
                     row = {"method": method, "subject": sub, "source": source, "target": target,

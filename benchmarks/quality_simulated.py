@@ -1,0 +1,363 @@
+#!/usr/bin/env python
+"""Harmonization quality on simulated traveling subjects: HCLD against histogram matching and Nyul.
+
+Material: model-grid images (80x96x80, 2 mm, intensities in [0, 1]) of held-out heads, each seen at every
+simulated site, named ``sub-<s>_ses-<site>_{t1w,mask}.nii.gz`` in ``--inputs`` (what the train level's
+preprocessing exports to ``WORK/train/inputs``). The same head at the target site is the ground truth.
+
+For every ordered (source, target) pair of sites and every subject, the source image is mapped toward the
+target site by
+
+- ``input``: nothing (the unharmonized image);
+- ``histmatch``: per-site histogram matching: the brain intensities are mapped by quantiles onto the target
+  site's training histogram stored in the bundle manifest (``sites.<site>.intensity_histogram``);
+- ``nyul``: Nyul & Udupa piecewise-linear landmark normalization (landmarks: brain percentiles 1, 10, 20,
+  ..., 90, 99). The standard scale must come from target-site images, and the bundle holds no training
+  images, so it is fitted **leave one subject out**: the mean landmarks of the target site's images of the
+  *other* held-out subjects (in the target site's own [0, 1] units, so no output range is imposed). With
+  ``--nyul-fit bundle`` (or when only one subject is evaluated) the standard landmarks are the quantiles
+  of the bundle's target-site histogram instead. Intensities beyond the end landmarks follow the slope of
+  the end segments; the result is clipped to [0, 1]. Implemented here in numpy rather than with the
+  ``intensity-normalization`` package (3.0.1 installs offline, its only extra dependency is scikit-fuzzy):
+  its ``NyulNormalizer`` rescales every image to a fixed output range (1..100) before averaging the
+  landmarks, while the comparison with the same head at the target site needs the standard scale in the
+  target site's intensity units; the method is some thirty lines and adding a runtime dependency for it
+  was not worth it;
+- ``hcld``: :class:`hcld_bids.model.harmonize.Harmonizer` toward the site's prototype
+  (``--inversion-steps`` + ``--sampling-steps`` DDIM steps, output masked to the brain).
+
+Per pair (inside the brain = both brain masks): SSIM (3D, Gaussian window sigma 1.5 voxels, averaged over
+the brain), PSNR and MAE, Wasserstein-1 distance between the brain-intensity histograms of the output and
+of the same head at the target site (``w1_same_head``) and of the output and the target site's stored
+histogram (``w1_site``), and structure preservation between input and output (hcld_bids.reports.metrics).
+
+Site separability: for a fixed target T, every image of every site (T's own images too, mapped toward T by
+the same method) forms the method's output set. Features: the brain-intensity histogram (48 bins on
+[0, 1]) and the 5/25/50/75/95th brain percentiles; a standardized multinomial logistic regression
+(scikit-learn) is scored by cross-validated accuracy with GroupKFold over subjects (every fold holds out
+whole heads). Chance is 1 / number of sites. Lower accuracy: sites harder to tell apart.
+
+Writes ``pairs.tsv`` (one row per method and pair), ``classifier.tsv`` (one row per target and method),
+``summary.tsv`` and ``summary.json`` under ``--out``, and prints the tables (markdown).
+
+    PYTHONPATH=$PWD python benchmarks/quality_simulated.py --inputs WORK/train/inputs --out DIR \
+        [--bundle hcld_bids/data/models/demo] [--targets siteA] [--subjects 8] [--device cpu] \
+        [--inversion-steps 30] [--sampling-steps 10] [--cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from hcld_bids.reports import metrics  # noqa: E402
+
+DEMO_BUNDLE = REPO / "hcld_bids" / "data" / "models" / "demo"
+METHODS = ("input", "histmatch", "nyul", "hcld")
+METRIC_KEYS = ("ssim", "psnr", "mae", "w1_same_head", "w1_site", "structure_preservation")
+#: Landmarks of the Nyul normalization (percentiles of the brain intensities).
+NYUL_PERCENTILES = np.array([1.0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99])
+#: Site-classifier features: histogram bins and percentiles of the brain intensities.
+CLASSIFIER_BINS = 48
+CLASSIFIER_PERCENTILES = (5, 25, 50, 75, 95)
+
+_NAME = re.compile(r"sub-(?P<sub>[^_]+)_ses-(?P<site>[^_]+)_t1w\.nii\.gz$")
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+def load_inputs(inputs: Path) -> dict:
+    """``{subject: {site: (volume float32, brain mask bool)}}`` from ``sub-<s>_ses-<site>_{t1w,mask}.nii.gz``."""
+    import nibabel as nib
+
+    images = defaultdict(dict)
+    for path in sorted(Path(inputs).glob("*_t1w.nii.gz")):
+        m = _NAME.match(path.name)
+        if not m:
+            continue
+        mask = path.with_name(path.name.replace("_t1w.nii.gz", "_mask.nii.gz"))
+        images[m["sub"]][m["site"]] = (np.asarray(nib.load(path).dataobj, dtype=np.float32),
+                                       np.asarray(nib.load(mask).dataobj) > 0)
+    return dict(images)
+
+
+# ----------------------------------------------------------------------------------------------- baselines
+
+def histogram_match(vol, mask, edges, density):
+    """Map the brain intensities of ``vol`` onto the distribution ``density`` (on ``edges``) by quantiles."""
+    edges, density = np.asarray(edges, float), np.asarray(density, float)
+    cdf = np.concatenate([[0.0], np.cumsum(density * np.diff(edges))])
+    cdf /= cdf[-1]
+    values = vol[mask]
+    ranks = (np.argsort(np.argsort(values, kind="stable"), kind="stable") + 0.5) / values.size
+    out = np.zeros_like(vol)
+    out[mask] = np.interp(ranks, cdf, edges)
+    return out
+
+
+def nyul_landmarks(values) -> np.ndarray:
+    """Nyul landmarks (brain percentiles :data:`NYUL_PERCENTILES`) of a sample of intensities."""
+    return np.percentile(np.asarray(values, dtype=np.float64), NYUL_PERCENTILES)
+
+
+def nyul_landmarks_from_histogram(edges, density) -> np.ndarray:
+    """The same landmarks read off a histogram density (inverse of its piecewise-linear CDF)."""
+    edges, density = np.asarray(edges, float), np.asarray(density, float)
+    cdf = np.concatenate([[0.0], np.cumsum(density * np.diff(edges))])
+    cdf /= cdf[-1]
+    keep = np.concatenate([[True], np.diff(cdf) > 0])  # drop empty bins so that the CDF is invertible
+    return np.interp(NYUL_PERCENTILES / 100.0, cdf[keep], edges[keep])
+
+
+def _increasing(x: np.ndarray) -> np.ndarray:
+    """Make landmarks strictly increasing (ties occur in images clipped at 0 or 1)."""
+    x = np.maximum.accumulate(np.asarray(x, dtype=np.float64))
+    return x + np.arange(x.size) * 1e-6
+
+
+def nyul_map(vol, mask, standard) -> np.ndarray:
+    """Piecewise-linear map of ``vol``'s brain landmarks onto ``standard``; linear beyond the end landmarks,
+    clipped to [0, 1], zero outside the brain (like the other brain-only outputs)."""
+    src = _increasing(nyul_landmarks(vol[mask]))
+    dst = np.asarray(standard, dtype=np.float64)
+    values = vol[mask].astype(np.float64)
+    mapped = np.interp(values, src, dst)
+    low, high = values < src[0], values > src[-1]
+    mapped[low] = dst[0] + (values[low] - src[0]) * (dst[1] - dst[0]) / (src[1] - src[0])
+    mapped[high] = dst[-1] + (values[high] - src[-1]) * (dst[-1] - dst[-2]) / (src[-1] - src[-2])
+    out = np.zeros_like(vol)
+    out[mask] = np.clip(mapped, 0.0, 1.0)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+def image_metrics(out, ref, ref_mask, inp, inp_mask, target_hist, voxel_size_mm: float = 2.0) -> dict:
+    """SSIM/PSNR/MAE of ``out`` against the same head ``ref`` in both brains; W1 to that head and to the site."""
+    from skimage.metrics import structural_similarity
+
+    brain = ref_mask & inp_mask
+    _, ssim_map = structural_similarity(ref * brain, out * brain, data_range=1.0, gaussian_weights=True,
+                                        sigma=1.5, use_sample_covariance=False, full=True)
+    diff = out[brain] - ref[brain]
+    mse = float(np.mean(diff ** 2))
+    edges = metrics.histogram_edges()
+    _, h_out = metrics.brain_histogram(out, inp_mask)
+    _, h_ref = metrics.brain_histogram(ref, ref_mask)
+    return {
+        "ssim": float(ssim_map[brain].mean()),
+        "psnr": float(10 * np.log10(1.0 / max(mse, 1e-12))),
+        "mae": float(np.mean(np.abs(diff))),
+        "w1_same_head": metrics.wasserstein_1d(h_out, h_ref, edges),
+        "w1_site": metrics.wasserstein_1d(
+            h_out, metrics.rebin_density(target_hist["density"], target_hist["edges"], edges), edges),
+        "structure_preservation": metrics.structure_preservation(inp, out, inp_mask, voxel_size_mm=voxel_size_mm),
+    }
+
+
+def classifier_features(vol, mask) -> np.ndarray:
+    """Brain-intensity histogram (:data:`CLASSIFIER_BINS` bins, as probabilities) and percentiles."""
+    values = np.clip(vol[mask].astype(np.float64), 0.0, 1.0)
+    hist = np.bincount(np.minimum((values * CLASSIFIER_BINS).astype(int), CLASSIFIER_BINS - 1),
+                       minlength=CLASSIFIER_BINS) / max(values.size, 1)
+    return np.concatenate([hist, np.percentile(values, CLASSIFIER_PERCENTILES)])
+
+
+def site_classifier_accuracy(features, sites, groups, seed: int = 0) -> float:
+    """Cross-validated accuracy of a standardized logistic regression telling ``sites`` apart; GroupKFold
+    over ``groups`` (subjects), as many folds as subjects up to 8."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y, g = np.asarray(features), np.asarray(sites), np.asarray(groups)
+    folds = min(len(set(g)), 8)
+    if folds < 2:
+        raise ValueError("the site classifier needs at least two subjects")
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000, random_state=seed))
+    pred = cross_val_predict(model, X, y, groups=g, cv=GroupKFold(n_splits=folds))
+    return float(np.mean(pred == y))
+
+
+def summarize(rows, keys=METRIC_KEYS) -> dict:
+    """Mean and SD of every metric per method (``rows``: dicts with ``method`` and the ``keys``)."""
+    out = {}
+    for method in [m for m in dict.fromkeys(r["method"] for r in rows)]:
+        sel = [r for r in rows if r["method"] == method]
+        out[method] = {k: {"mean": round(float(np.mean([r[k] for r in sel])), 4),
+                           "sd": round(float(np.std([r[k] for r in sel])), 4)} for k in keys if k in sel[0]}
+        out[method]["n"] = len(sel)
+    return out
+
+
+def write_tsv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+def _hcld_output(harmonizer, cache: Path | None, key: str, inp, mask, style, args):
+    path = cache / f"{key}_inv{args.inversion_steps}_samp{args.sampling_steps}.npy" if cache else None
+    if path is not None and path.is_file():
+        return np.load(path), float("nan")
+    t0 = time.perf_counter()
+    out = harmonizer.harmonize(inp, style, inversion_steps=args.inversion_steps,
+                               sampling_steps=args.sampling_steps, mask=mask)
+    seconds = time.perf_counter() - t0
+    if path is not None:
+        np.save(path, out)
+    return out, seconds
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--inputs", type=Path, required=True, help="folder of sub-<s>_ses-<site>_{t1w,mask}.nii.gz")
+    ap.add_argument("--out", type=Path, required=True, help="folder for the TSV and JSON files")
+    ap.add_argument("--bundle", type=Path, default=DEMO_BUNDLE, help="model bundle (default: the demo model)")
+    ap.add_argument("--targets", nargs="*", default=None, help="target sites (default: every site)")
+    ap.add_argument("--subjects", type=int, default=None, help="use the first N subjects (sorted labels)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--inversion-steps", type=int, default=30)
+    ap.add_argument("--sampling-steps", type=int, default=10)
+    ap.add_argument("--nyul-fit", choices=["loso", "bundle"], default="loso",
+                    help="standard scale of Nyul: other subjects' target-site images (loso) or the bundle "
+                         "histogram's quantiles")
+    ap.add_argument("--cache", type=Path, help="keep HCLD outputs here as .npy and reuse them")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from hcld_bids.model.bundle import load_bundle
+    from hcld_bids.model.harmonize import Harmonizer
+
+    start = time.perf_counter()
+    images = load_inputs(args.inputs)
+    if not images:
+        ap.error(f"no sub-<s>_ses-<site>_t1w.nii.gz images in {args.inputs}")
+    subjects = sorted(images)[: args.subjects] if args.subjects else sorted(images)
+    sites = sorted({s for sub in subjects for s in images[sub]})
+    incomplete = [sub for sub in subjects if set(images[sub]) != set(sites)]
+    if incomplete:
+        ap.error(f"subjects {incomplete} are not seen at every site {sites}")
+    targets = args.targets or sites
+    bundle = load_bundle(args.bundle, device=args.device)
+    missing = [t for t in targets if t not in sites or t not in bundle.manifest.get("sites", {})]
+    if missing:
+        ap.error(f"targets {missing} are not sites of both the inputs ({sites}) and the bundle")
+    nyul_fit = args.nyul_fit if len(subjects) > 1 else "bundle"
+    harmonizer = Harmonizer(bundle, device=args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.cache:
+        args.cache.mkdir(parents=True, exist_ok=True)
+    print(f"{len(subjects)} subjects x {len(sites)} sites, targets {', '.join(targets)}; bundle {args.bundle.name}; "
+          f"HCLD {args.inversion_steps} + {args.sampling_steps} DDIM steps on {args.device} "
+          f"({torch.get_num_threads()} threads); Nyul standard scale: {nyul_fit}", flush=True)
+
+    pair_rows, clf_rows, hcld_seconds = [], [], []
+    for target in targets:
+        style = harmonizer.style_from_site(target)
+        hist = bundle.manifest["sites"][target]["intensity_histogram"]
+        if nyul_fit == "bundle":
+            standards = {sub: nyul_landmarks_from_histogram(hist["edges"], hist["density"]) for sub in subjects}
+        else:
+            marks = {sub: nyul_landmarks(images[sub][target][0][images[sub][target][1]]) for sub in subjects}
+            standards = {sub: np.mean([marks[o] for o in subjects if o != sub], axis=0) for sub in subjects}
+        features = {m: [] for m in METHODS}
+        labels, groups = [], []
+        for sub in subjects:
+            ref, ref_mask = images[sub][target]
+            for source in sites:
+                inp, mask = images[sub][source]
+                hcld, seconds = _hcld_output(harmonizer, args.cache, f"{sub}_{source}_to_{target}", inp, mask,
+                                             style, args)
+                if not math.isnan(seconds):
+                    hcld_seconds.append(seconds)
+                outputs = {"input": inp, "histmatch": histogram_match(inp, mask, hist["edges"], hist["density"]),
+                           "nyul": nyul_map(inp, mask, standards[sub]), "hcld": hcld}
+                for method, image in outputs.items():
+                    features[method].append(classifier_features(image, mask))
+                labels.append(source)
+                groups.append(sub)
+                if source == target:
+                    continue
+                scores = {}
+                for method, image in outputs.items():
+                    row = {"method": method, "subject": sub, "source": source, "target": target,
+                           **image_metrics(image, ref, ref_mask, inp, mask, hist)}
+                    pair_rows.append(row)
+                    scores[method] = row["ssim"]
+                print(f"  {sub} {source} -> {target}  SSIM " + "  ".join(f"{m} {v:.3f}" for m, v in scores.items())
+                      + (f"  (HCLD {seconds:.1f} s)" if not math.isnan(seconds) else "  (HCLD cached)"), flush=True)
+        for method in METHODS:
+            acc = site_classifier_accuracy(features[method], labels, groups)
+            clf_rows.append({"target": target, "method": method, "n_images": len(labels), "n_sites": len(sites),
+                             "accuracy": acc, "chance": 1.0 / len(sites)})
+
+    write_tsv(args.out / "pairs.tsv", pair_rows)
+    write_tsv(args.out / "classifier.tsv", clf_rows)
+    summary = summarize(pair_rows)
+    summary_rows = []
+    for method in METHODS:
+        accs = [r["accuracy"] for r in clf_rows if r["method"] == method]
+        summary[method]["classifier_accuracy"] = round(float(np.mean(accs)), 4)
+        summary_rows.append({"method": method, "n_pairs": summary[method]["n"],
+                             **{f"{k}_{s}": summary[method][k][s] for k in METRIC_KEYS for s in ("mean", "sd")},
+                             "classifier_accuracy": summary[method]["classifier_accuracy"],
+                             "chance": 1.0 / len(sites)})
+    write_tsv(args.out / "summary.tsv", summary_rows)
+    per_target = {t: summarize([r for r in pair_rows if r["target"] == t]) for t in targets}
+    result = {
+        "description": __doc__.splitlines()[0], "inputs": str(args.inputs), "bundle": str(args.bundle),
+        "subjects": subjects, "sites": sites, "targets": targets, "device": args.device,
+        "inversion_steps": args.inversion_steps, "sampling_steps": args.sampling_steps, "nyul_fit": nyul_fit,
+        "chance": 1.0 / len(sites), "summary": summary, "per_target": per_target, "classifier": clf_rows,
+        "hcld_seconds_mean": round(float(np.mean(hcld_seconds)), 2) if hcld_seconds else None,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
+    (args.out / "summary.json").write_text(json.dumps(result, indent=1))
+
+    print(f"\n{len(pair_rows) // len(METHODS)} source->target pairs ({len(subjects)} subjects, targets "
+          f"{', '.join(targets)}); site classifier: {len(sites)} sites, chance {1 / len(sites):.3f}\n")
+    print("| method | SSIM | PSNR (dB) | MAE | W1 to same head | W1 to target site | structure preservation "
+          "| site-classifier accuracy |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for row in summary_rows:
+        print(f"| {row['method']} | {row['ssim_mean']:.3f} ± {row['ssim_sd']:.3f} | {row['psnr_mean']:.1f} | "
+              f"{row['mae_mean']:.3f} | {row['w1_same_head_mean']:.4f} | {row['w1_site_mean']:.4f} | "
+              f"{row['structure_preservation_mean']:.3f} | {row['classifier_accuracy']:.3f} |")
+    print("\nper target (mean SSIM / W1 to same head; classifier accuracy):\n")
+    print("| target | " + " | ".join(METHODS) + " |")
+    print("| --- |" + " --- |" * len(METHODS))
+    for t in targets:
+        cells = []
+        for m in METHODS:
+            acc = next(r["accuracy"] for r in clf_rows if r["target"] == t and r["method"] == m)
+            s = per_target[t][m]
+            cells.append(f"{s['ssim']['mean']:.3f} / {s['w1_same_head']['mean']:.4f}; {acc:.2f}")
+        print(f"| {t} | " + " | ".join(cells) + " |")
+    if hcld_seconds:
+        print(f"\nHCLD: {np.mean(hcld_seconds):.1f} s per image on average ({len(hcld_seconds)} images)")
+    print(f"wall time {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

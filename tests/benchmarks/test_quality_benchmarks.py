@@ -1,0 +1,287 @@
+"""Every benchmark script run as a subprocess on a tiny setting: its printed table and its files.
+
+The material is made here from the vendored real scans (hcld_bids/data/t1w) and hcld_bids.simulate; the
+models are tiny networks with seeded random weights, so the figures only have to be well-formed, not good.
+Subprocesses inherit the seeded TEMPLATEFLOW_HOME of tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCANS = ROOT / "hcld_bids" / "data" / "t1w"
+BENCH = ROOT / "benchmarks"
+TINY_AE = dict(channels=(8, 16, 16), num_res_blocks=1, norm_groups=4)
+TINY_UNET = dict(channels=(8, 16, 16), head_channels=16, norm_groups=4)
+SMALL_GRID = (32, 48, 32)
+
+
+def _run(args, timeout=240):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _read_tsv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def _finite(rows, keys):
+    for row in rows:
+        for key in keys:
+            assert math.isfinite(float(row[key])), (key, row)
+
+
+def _tiny_models():
+    import torch
+
+    from hcld_bids.model import AutoencoderKL, DiffusionUNet
+
+    torch.manual_seed(0)
+    ae = AutoencoderKL(**TINY_AE).eval()
+    unet = DiffusionUNet(**TINY_UNET).eval()
+    for p in unet.out_conv.parameters():  # a zero output layer would make every DDIM step trivial
+        torch.nn.init.normal_(p, std=0.02)
+    return ae, unet
+
+
+def _site_images(scan: str, sites, shape=SMALL_GRID):
+    """A vendored scan center-cropped to ``shape``, rendered at each simulated site, scaled to [0, 1]."""
+    from scipy import ndimage as ndi
+
+    from hcld_bids.simulate import SITES, simulate
+
+    img = nib.as_closest_canonical(nib.load(str(SCANS / scan)))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    centre = [int(round(c)) for c in ndi.center_of_mass(data > np.percentile(data, 60))]
+    crop = tuple(slice(max(0, c - s // 2), max(0, c - s // 2) + s) for c, s in zip(centre, shape))
+    head = np.zeros(shape, np.float32)
+    part = data[crop]
+    head[tuple(slice(0, n) for n in part.shape)] = part
+    mask = ndi.binary_fill_holes(ndi.binary_opening(head > 0.25 * np.percentile(head, 99), iterations=1))
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    out = {}
+    for k, site in enumerate(sites):
+        vol = simulate(head, affine, SITES[site], seed=k)
+        low, high = np.percentile(vol[mask], [0.5, 99.5])
+        out[site] = (np.clip((vol - low) / (high - low), 0, 1).astype(np.float32), mask)
+    return out
+
+
+def _site_histogram(volumes, masks):
+    from hcld_bids.reports.metrics import site_histogram
+
+    edges, density = site_histogram(volumes, masks)
+    return {"edges": [float(e) for e in edges], "density": [float(d) for d in density]}
+
+
+# ------------------------------------------------------------------------------ quality_simulated.py
+
+@pytest.fixture(scope="module")
+def simulated_setting(tmp_path_factory):
+    """Two heads x two simulated sites on a 32x48x32 grid, and a tiny bundle with both sites."""
+    from hcld_bids.model import compute_site_prototype, save_bundle
+
+    root = tmp_path_factory.mktemp("quality_simulated")
+    inputs = root / "inputs"
+    inputs.mkdir()
+    sites = ("siteA", "siteB")
+    per_site = {s: ([], []) for s in sites}
+    for sub, scan in (("h1", "siemens_prismafit3T_xa30_s6_norm.nii.gz"), ("h2", "uih_umr770_3T_run1_2mm.nii.gz")):
+        for site, (vol, mask) in _site_images(scan, sites).items():
+            affine = np.diag([2.0, 2.0, 2.0, 1.0])
+            nib.save(nib.Nifti1Image(vol, affine), inputs / f"sub-{sub}_ses-{site}_t1w.nii.gz")
+            nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), inputs / f"sub-{sub}_ses-{site}_mask.nii.gz")
+            per_site[site][0].append(vol)
+            per_site[site][1].append(mask)
+    ae, unet = _tiny_models()
+    protos = {s: compute_site_prototype(ae, v, 1.0) for s, (v, _) in per_site.items()}
+    save_bundle(root / "bundle", ae, unet, 1.0, protos,
+                {"sites": {s: {"intensity_histogram": _site_histogram(v, m), "n_images": len(v)}
+                           for s, (v, m) in per_site.items()}})
+    return root
+
+
+@pytest.mark.slow
+def test_quality_simulated_tiny(simulated_setting):
+    out = simulated_setting / "out"
+    stdout = _run([BENCH / "quality_simulated.py", "--inputs", simulated_setting / "inputs", "--bundle",
+                   simulated_setting / "bundle", "--out", out, "--targets", "siteA", "--inversion-steps", "2",
+                   "--sampling-steps", "1"])
+    methods = ["input", "histmatch", "nyul", "hcld"]
+    pairs = _read_tsv(out / "pairs.tsv")
+    keys = ["ssim", "psnr", "mae", "w1_same_head", "w1_site", "structure_preservation"]
+    assert list(pairs[0]) == ["method", "subject", "source", "target", *keys]
+    assert len(pairs) == 4 * 2  # methods x (2 heads x pair siteB -> siteA)
+    assert {(r["method"], r["subject"], r["source"], r["target"]) for r in pairs} == {
+        (m, s, "siteB", "siteA") for m in methods for s in ("h1", "h2")}
+    _finite(pairs, keys)
+    for row in pairs:
+        assert -1 <= float(row["ssim"]) <= 1 and float(row["w1_same_head"]) >= 0
+        if row["method"] == "input":
+            assert float(row["structure_preservation"]) == pytest.approx(1.0)
+        if row["method"] == "histmatch":  # mapped onto the stored site histogram
+            assert float(row["w1_site"]) < 0.01
+
+    clf = _read_tsv(out / "classifier.tsv")
+    assert [r["method"] for r in clf] == methods and {r["target"] for r in clf} == {"siteA"}
+    for row in clf:
+        assert 0.0 <= float(row["accuracy"]) <= 1.0
+        assert float(row["chance"]) == 0.5 and row["n_images"] == "4" and row["n_sites"] == "2"
+
+    summary = {r["method"]: r for r in _read_tsv(out / "summary.tsv")}
+    assert list(summary) == methods
+    result = json.loads((out / "summary.json").read_text())
+    assert result["subjects"] == ["h1", "h2"] and result["nyul_fit"] == "loso"
+    for method in methods:
+        mean = np.mean([float(r["ssim"]) for r in pairs if r["method"] == method])
+        assert float(summary[method]["ssim_mean"]) == pytest.approx(mean, abs=1e-4)
+        assert result["summary"][method]["n"] == 2
+        # the printed table carries the same figures
+        line = next(line for line in stdout.splitlines() if line.startswith(f"| {method} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[1].split("±")[0]) == pytest.approx(float(summary[method]["ssim_mean"]), abs=6e-4)
+        assert float(cells[7]) == pytest.approx(float(summary[method]["classifier_accuracy"]), abs=6e-4)
+    assert "site classifier: 2 sites, chance 0.500" in stdout
+
+
+def test_nyul_maps_landmarks_onto_the_standard_scale():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import quality_simulated as q
+    finally:
+        sys.path.remove(str(BENCH))
+    rng = np.random.default_rng(0)
+    vol = rng.random((20, 20, 20)).astype(np.float32) ** 2
+    mask = np.ones(vol.shape, bool)
+    mask[:2] = False
+    standard = np.linspace(0.1, 0.9, len(q.NYUL_PERCENTILES))
+    out = q.nyul_map(vol, mask, standard)
+    assert np.allclose(q.nyul_landmarks(out[mask]), standard, atol=5e-3)
+    assert np.all(out[~mask] == 0) and out.min() >= 0 and out.max() <= 1
+    # landmarks read off a histogram agree with those of the sample it was made of
+    edges = np.linspace(0, 1, 257)
+    density, _ = np.histogram(vol[mask], bins=edges, density=True)
+    assert np.allclose(q.nyul_landmarks_from_histogram(edges, density), q.nyul_landmarks(vol[mask]), atol=5e-3)
+
+
+# ------------------------------------------------------------------------------ quality_real_vendors.py
+
+@pytest.mark.slow
+def test_quality_real_vendors_tiny(tmp_path):
+    """Two vendors' scans and a tiny bundle on a 32x48x32 window of the template grid. ``--quick`` places the
+    scans on the grid without ANTs (the CLI path, N4 and registration of every scan, takes minutes on 2 loaded
+    cores)."""
+    from hcld_bids.model import compute_site_prototype, save_bundle
+
+    demo = json.loads((ROOT / "hcld_bids" / "data" / "models" / "demo" / "manifest.json").read_text())
+    # the demo model's preprocessing with a small window of the template grid (the brain's centre) as model grid
+    preprocessing = dict(demo["preprocessing"], grid={"shape": list(SMALL_GRID), "start": [29, 32, 28]})
+    ae, unet = _tiny_models()
+    phantom = np.random.default_rng(0).random(SMALL_GRID, dtype=np.float32)
+    save_bundle(tmp_path / "bundle", ae, unet, 1.0, {"siteA": compute_site_prototype(ae, [phantom], 1.0)},
+                {"preprocessing": preprocessing, "sites": {"siteA": {"n_images": 1}}})
+    out = tmp_path / "out"
+    stdout = _run([BENCH / "quality_real_vendors.py", "--out", out, "--work", tmp_path / "work", "--bundle",
+                   tmp_path / "bundle", "--scans", "siemens-s6-norm", "uih-run1", "--inversion-steps", "1",
+                   "--sampling-steps", "1", "--quick"])
+    rows = _read_tsv(out / "vendors.tsv")
+    keys = ["w1_target", "dice", "grad_corr", "structure_preservation"]
+    assert list(rows[0]) == ["scan", "vendor", "target", "same_vendor", "method", *keys]
+    assert len(rows) == 2 * 2 * 3  # scans x target vendors x methods
+    assert {(r["scan"], r["target"]) for r in rows} == {(s, t) for s in ("siemens-s6-norm", "uih-run1")
+                                                         for t in ("siemens", "uih")}
+    _finite(rows, keys)
+    for row in rows:
+        assert 0 <= float(row["dice"]) <= 1 and -1 <= float(row["grad_corr"]) <= 1
+        assert row["same_vendor"] == str(int(row["vendor"] == row["target"]))
+        if row["method"] == "input":
+            assert float(row["grad_corr"]) == pytest.approx(1.0)
+        if row["method"] == "histmatch":
+            assert float(row["w1_target"]) < 0.01
+    summary = _read_tsv(out / "summary.tsv")
+    assert [(r["pairs"], r["method"]) for r in summary] == [
+        (p, m) for p in ("other vendor", "same vendor", "all") for m in ("input", "histmatch", "hcld")]
+    assert [r["n"] for r in summary] == ["2"] * 6 + ["4"] * 3
+    for r in summary:
+        line = next(line for line in stdout.splitlines() if line.startswith(f"| {r['pairs']} | {r['method']} |"))
+        assert float(line.split("|")[4]) == pytest.approx(float(r["w1_target_mean"]), abs=6e-5)
+    assert "2 scans x 2 target vendors" in stdout and "(--quick: no ANTs)" in stdout
+
+
+# ------------------------------------------------------------------------------ the timing benchmarks
+
+@pytest.mark.slow
+def test_group_scale_small():
+    stdout = _run([BENCH / "group_scale.py", "--n", "3", "--variants", "1", "--jobs", "1"])
+    m = re.search(r"generated 3 participants \(9 images, [\d.]+ GB\) in \d+ s", stdout)
+    assert m, stdout
+    m = re.search(r"run_group\(n_jobs=1\): ([\d.]+) s for (\d+) images \((\d+) ms per image\)", stdout)
+    assert m, stdout
+    assert float(m[1]) > 0 and int(m[2]) == 3  # one harmonized T1w per participant
+    assert "target: 3 participants in < 300 s on 2 cores -> met" in stdout
+
+
+@pytest.mark.slow
+def test_participant_e2e_one_scan_quick(tmp_path):
+    stdout = _run([BENCH / "participant_e2e.py", "--scanner", "uih", "--nprocs", "2", "--keep", tmp_path, "--quick"],
+                  timeout=400)
+    assert "2 + 1 DDIM steps (--quick)" in stdout
+    nodes = dict(line.rsplit("\t", 1) for line in stdout.splitlines()[2:] if "\t" in line)
+    for node in ("anat_preproc_wf.n4_head", "anat_preproc_wf.register", "harmonization_wf.harmonize",
+                 "total (process wall time, start-up and writing included)"):
+        assert float(nodes[node]) > 0, stdout
+    total = float(nodes.pop("total (process wall time, start-up and writing included)"))
+    assert total >= max(float(v) for v in nodes.values())
+    assert list(tmp_path.glob("out/sub-01/anat/*_T1w.nii.gz"))
+
+
+@pytest.mark.slow
+def test_structure_threshold_on_prepared_heads(tmp_path, templateflow_home):
+    """The analysis part on one head already on the template grid (the ANTs preparation is skipped: its cache
+    is filled here, from a vendored scan rendered at the four simulated sites). With one subject the "other
+    person's head" case compares the head with itself."""
+    from hcld_bids.reports.synthetic import GRID_AFFINE, resample_scan
+    from hcld_bids.simulate import SITES, simulate
+
+    tpl = templateflow_home / "tpl-MNI152NLin6Asym"
+    mask = np.asarray(nib.load(tpl / "tpl-MNI152NLin6Asym_res-02_desc-brain_mask.nii.gz").dataobj) > 0
+    sites_dir, work = tmp_path / "sites", tmp_path / "work"
+    work.mkdir()
+    for k, (sub, scan) in enumerate([("sub-01", "siemens_prismafit3T_xa30_s6_norm.nii.gz")]):
+        (sites_dir / sub).mkdir(parents=True)
+        head, _ = resample_scan(SCANS / scan)
+        for j, site in enumerate(("siteA", "siteB", "siteC", "siteD")):
+            vol = simulate(head, GRID_AFFINE, SITES[site], seed=10 * k + j)
+            low, high = np.percentile(vol[mask], [0.5, 99.5])
+            np.save(work / f"{sub}_{site}.npy", np.clip((vol - low) / (high - low), 0, 1).astype(np.float32))
+    stdout = _run([BENCH / "structure_threshold.py", "--sites", sites_dir, "--work", work, "--n", "1",
+                   "--template", tpl / "tpl-MNI152NLin6Asym_res-02_T1w.nii.gz", "--quick"])
+    assert "1 subjects" in stdout
+    table = {}
+    for line in stdout.splitlines():
+        m = re.match(r"((?:honest|damage): .+?)\s+((?:-?[\d.]+|nan)(?:\s+(?:-?[\d.]+|nan)){8})$", line)
+        if m:
+            table[m[1]] = [float(v) for v in m[2].split()]
+    assert len(table) == 17, stdout
+    for case, values in table.items():
+        for lo, med, hi in (values[0:3], values[3:6], values[6:9]):
+            assert lo <= med <= hi, (case, values)
+        assert 0 <= values[6] <= values[8] <= 1  # Dice
+    assert table["damage: shift 4mm"][1] < table["honest: noise 0.05"][1]
+    assert "thresholds: SP <" in stdout
