@@ -39,3 +39,18 @@ def test_ci_runs_exactly_the_readme_install_and_test_command():
     assert "hcld-bids-demo" in commands[-2]
     assert "python -m pytest" in commands[-1] and "pip install '.[test]'" in commands[-1]
     assert os.access(REPO / ".ci" / "run", os.X_OK)
+
+
+def test_readme_lists_every_exit_code_the_app_uses():
+    from hcld_bids import errors
+
+    codes = {cls.exit_code for cls in vars(errors).values()
+             if isinstance(cls, type) and issubclass(cls, errors.HCLDError)} | {0, 1, 130}  # 130: interrupted (Ctrl-C)
+    section = README.split("Exit codes\n~~~~~~~~~~", 1)[1].split("\nOutputs\n", 1)[0]
+    listed = {int(code) for code in re.findall(r"^(\d+) {2,}\S", section, flags=re.M)}
+    assert listed == codes
+    import docutils.core  # the table must be valid reStructuredText (it renders on PyPI)
+
+    html = docutils.core.publish_string(section.split("\n\n", 1)[1], writer="html",
+                                        settings_overrides={"report_level": 2, "halt_level": 2}).decode()
+    assert html.count("<tr>") == len(codes) + 1
