@@ -156,8 +156,9 @@ def test_ldm_runs_under_torchrun_with_two_processes(tmp_path, tiny_unet_config):
         cfg = LDMTrainConfig(unet={tiny_unet_config!r}, disc_channels=(8, 16, 16), steps=2, grad_weight=0,
                              grad_accum=2, progress=False)
         out = train_ldm(z, ["a", "a", "b", "b"], cfg, {str(tmp_path / "work")!r}, device="cpu")
-        import torch.distributed as dist
-        print("rank", dist.get_rank(), "of", dist.get_world_size(), "complete", out.complete)
+        import os, torch.distributed as dist
+        # one write() of the whole line: the two ranks share the pipe, and print() may split a line
+        os.write(1, f"rank {{dist.get_rank()}} of {{dist.get_world_size()}} complete {{out.complete}}\\n".encode())
     """))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
