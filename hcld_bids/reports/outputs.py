@@ -111,6 +111,17 @@ def find_strays(output_dir: str | os.PathLike, subject: str | None = None) -> li
     return sorted(strays)
 
 
+def _record_key(path: Path):
+    """(desc, record key, source entities) of a template-space harmonized/preproc file; None for other files."""
+    entities = _parse(path)
+    desc = entities.pop("desc", None)
+    if desc not in ("harmonized", "preproc") or "space" not in entities:
+        return None
+    for key in ("suffix", "extension", "datatype"):
+        entities.pop(key, None)
+    return desc, tuple(sorted((k, str(v)) for k, v in entities.items())), entities
+
+
 def find_images(output_dir: str | os.PathLike, subject: str | None = None) -> list[ImageRecord]:
     """Records of every template-space T1w under OUTPUT_DIR (or of one ``subject`` label), sorted.
 
@@ -121,26 +132,15 @@ def find_images(output_dir: str | os.PathLike, subject: str | None = None) -> li
     records: dict[tuple, ImageRecord] = {}
     for anat in _anat_dirs(output_dir, subject):
         for path in sorted(anat.glob("sub-*_space-*_desc-*_T1w.nii.gz")):
-            entities = _parse(path)
-            desc = entities.pop("desc", None)
-            if desc not in ("harmonized", "preproc") or "space" not in entities:
-                continue
-            for key in ("suffix", "extension", "datatype"):
-                entities.pop(key, None)
-            key = tuple(sorted((k, str(v)) for k, v in entities.items()))
-            record = records.setdefault(key, ImageRecord(entities=entities))
-            setattr(record, desc, path)
+            parsed = _record_key(path)
+            if parsed:
+                desc, key, entities = parsed
+                setattr(records.setdefault(key, ImageRecord(entities=entities)), desc, path)
         # sidecars whose images are all missing: listed as incomplete rather than silently skipped
         for path in sorted(anat.glob("sub-*_space-*_desc-*_T1w.json")):
-            entities = _parse(path)
-            desc = entities.pop("desc", None)
-            if desc not in ("harmonized", "preproc") or "space" not in entities:
-                continue
-            for key in ("suffix", "extension", "datatype"):
-                entities.pop(key, None)
-            key = tuple(sorted((k, str(v)) for k, v in entities.items()))
-            if key not in records:
-                records[key] = ImageRecord(entities=entities, orphan_sidecar=path)
+            parsed = _record_key(path)
+            if parsed and parsed[1] not in records:
+                records[parsed[1]] = ImageRecord(entities=parsed[2], orphan_sidecar=path)
     for record in records.values():
         if record.harmonized is None:
             harmonized = _partner(output_dir, record.entities, "harmonized", "T1w")
