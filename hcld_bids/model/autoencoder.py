@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import Conv3d, Downsample, ResBlock, SelfAttention, Upsample, norm_silu, run_blocks
+from .layers import (Conv3d, Downsample, ResBlock, SelfAttention, Upsample, level_settings, norm_silu,
+                     run_blocks)
 
 
 class _Head(nn.Module):
@@ -58,12 +59,7 @@ class AutoencoderKL(nn.Module):
         attention_head_channels: int | None = None,
     ) -> None:
         super().__init__()
-        channels = [int(c) for c in channels]
-        attention_levels = [bool(a) for a in attention_levels]
-        if len(channels) != len(attention_levels):
-            raise ValueError("channels and attention_levels must have the same length")
-        if any(c % norm_groups for c in channels):
-            raise ValueError(f"every entry of channels {channels} must be divisible by norm_groups={norm_groups}")
+        channels, attention_levels = level_settings(channels, attention_levels, norm_groups)
         self._config = dict(
             in_channels=in_channels, out_channels=out_channels, channels=channels, latent_channels=latent_channels,
             num_res_blocks=num_res_blocks, attention_levels=attention_levels, norm_groups=norm_groups,

@@ -333,6 +333,17 @@ class Upsample(nn.Module):
         return out
 
 
+def level_settings(channels, attention_levels, norm_groups: int) -> tuple[list[int], list[bool]]:
+    """Channels and attention flags per level as plain lists, checked against each other and GroupNorm."""
+    channels = [int(c) for c in channels]
+    attention_levels = [bool(a) for a in attention_levels]
+    if len(channels) != len(attention_levels):
+        raise ValueError("channels and attention_levels must have the same length")
+    if any(c % norm_groups for c in channels):
+        raise ValueError(f"every entry of channels {channels} must be divisible by norm_groups={norm_groups}")
+    return channels, attention_levels
+
+
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps: ``(N,) -> (N, dim)``."""
     half = dim // 2

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import Conv3d, Downsample, ResBlock, SelfAttention, Upsample, norm_silu, timestep_embedding
+from .layers import (Conv3d, Downsample, ResBlock, SelfAttention, Upsample, level_settings, norm_silu,
+                     timestep_embedding)
 
 
 class DiffusionUNet(nn.Module):
@@ -45,12 +46,7 @@ class DiffusionUNet(nn.Module):
         norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        channels = [int(c) for c in channels]
-        attention_levels = [bool(a) for a in attention_levels]
-        if len(channels) != len(attention_levels):
-            raise ValueError("channels and attention_levels must have the same length")
-        if any(c % norm_groups for c in channels):
-            raise ValueError(f"every entry of channels {channels} must be divisible by norm_groups={norm_groups}")
+        channels, attention_levels = level_settings(channels, attention_levels, norm_groups)
         self._config = dict(
             in_channels=in_channels, out_channels=out_channels, channels=channels, num_res_blocks=num_res_blocks,
             attention_levels=attention_levels, head_channels=head_channels, norm_groups=norm_groups,

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from hcld_bids.model import DiffusionUNet
+from hcld_bids.model import AutoencoderKL, DiffusionUNet
 
 
 @pytest.mark.parametrize("latent", [(4, 4, 4), (8, 12, 8), (20, 24, 20), (4, 8, 12)])
@@ -54,3 +54,14 @@ def test_config_round_trips_through_json(tiny_unet_config):
     unet = DiffusionUNet(**tiny_unet_config)
     again = DiffusionUNet.from_config(json.loads(json.dumps(unet.config)))
     again.load_state_dict(unet.state_dict())
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: DiffusionUNet(norm_groups=8, **kw),
+    lambda **kw: AutoencoderKL(norm_groups=8, **kw),
+], ids=["unet", "autoencoder"])
+def test_networks_reject_inconsistent_level_settings(make):
+    with pytest.raises(ValueError, match="same length"):
+        make(channels=(16, 32, 32), attention_levels=(False, True))
+    with pytest.raises(ValueError, match="divisible by norm_groups=8"):
+        make(channels=(16, 20, 32), attention_levels=(False, False, True))
