@@ -66,6 +66,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from _tables import markdown_table  # noqa: E402
 from quality_simulated import histogram_match, write_tsv  # noqa: E402
 
 from hcld_bids.reports import metrics  # noqa: E402
@@ -274,23 +275,20 @@ def main(argv=None) -> int:
         "summary": summary_rows}, indent=1))
 
     print(f"\n{len(images)} scans x {len(vendors)} target vendors\n")
-    print("| pairs | method | n | W1 to target vendor | brain-mask Dice (min) | gradient correlation (min) "
-          "| structure preservation |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in summary_rows:
-        print(f"| {r['pairs']} | {r['method']} | {r['n']} | {r['w1_target_mean']:.4f} | {r['dice_mean']:.3f} "
-              f"({r['dice_min']:.3f}) | {r['grad_corr_mean']:.3f} ({r['grad_corr_min']:.3f}) | "
-              f"{r['structure_preservation_mean']:.3f} |")
+    print(markdown_table(
+        ["pairs", "method", "n", "W1 to target vendor", "brain-mask Dice (min)", "gradient correlation (min)",
+         "structure preservation"],
+        ([r["pairs"], r["method"], r["n"], f"{r['w1_target_mean']:.4f}", f"{r['dice_mean']:.3f} ({r['dice_min']:.3f})",
+          f"{r['grad_corr_mean']:.3f} ({r['grad_corr_min']:.3f})", f"{r['structure_preservation_mean']:.3f}"]
+         for r in summary_rows)))
     print("\nper scan and target (W1 to target vendor: input -> histmatch / hcld; HCLD gradient correlation):\n")
-    print("| scan | " + " | ".join(vendors) + " |")
-    print("| --- |" + " --- |" * len(vendors))
-    for label in images:
-        cells = []
-        for target in vendors:
-            by = {r["method"]: r for r in rows if r["scan"] == label and r["target"] == target}
-            cells.append(f"{by['input']['w1_target']:.3f} -> {by['histmatch']['w1_target']:.3f} / "
-                         f"{by['hcld']['w1_target']:.3f}; r {by['hcld']['grad_corr']:.2f}")
-        print(f"| {label} | " + " | ".join(cells) + " |")
+
+    def cell(label, target):
+        by = {r["method"]: r for r in rows if r["scan"] == label and r["target"] == target}
+        return (f"{by['input']['w1_target']:.3f} -> {by['histmatch']['w1_target']:.3f} / "
+                f"{by['hcld']['w1_target']:.3f}; r {by['hcld']['grad_corr']:.2f}")
+
+    print(markdown_table(["scan", *vendors], ([label, *(cell(label, t) for t in vendors)] for label in images)))
     if hcld_seconds:
         print(f"\nHCLD: {np.mean(hcld_seconds):.1f} s per image ({len(hcld_seconds)} computed)")
     print(f"wall time {time.perf_counter() - start:.0f} s")

@@ -63,6 +63,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from _tables import markdown_table  # noqa: E402
+
 from hcld_bids.reports import metrics  # noqa: E402
 
 DEMO_BUNDLE = REPO / "hcld_bids" / "data" / "models" / "demo"
@@ -336,23 +338,20 @@ def main(argv=None) -> int:
 
     print(f"\n{len(pair_rows) // len(METHODS)} source->target pairs ({len(subjects)} subjects, targets "
           f"{', '.join(targets)}); site classifier: {len(sites)} sites, chance {1 / len(sites):.3f}\n")
-    print("| method | SSIM | PSNR (dB) | MAE | W1 to same head | W1 to target site | structure preservation "
-          "| site-classifier accuracy |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for row in summary_rows:
-        print(f"| {row['method']} | {row['ssim_mean']:.3f} ± {row['ssim_sd']:.3f} | {row['psnr_mean']:.1f} | "
-              f"{row['mae_mean']:.3f} | {row['w1_same_head_mean']:.4f} | {row['w1_site_mean']:.4f} | "
-              f"{row['structure_preservation_mean']:.3f} | {row['classifier_accuracy']:.3f} |")
+    print(markdown_table(
+        ["method", "SSIM", "PSNR (dB)", "MAE", "W1 to same head", "W1 to target site", "structure preservation",
+         "site-classifier accuracy"],
+        ([row["method"], f"{row['ssim_mean']:.3f} ± {row['ssim_sd']:.3f}", f"{row['psnr_mean']:.1f}",
+          f"{row['mae_mean']:.3f}", f"{row['w1_same_head_mean']:.4f}", f"{row['w1_site_mean']:.4f}",
+          f"{row['structure_preservation_mean']:.3f}", f"{row['classifier_accuracy']:.3f}"] for row in summary_rows)))
     print("\nper target (mean SSIM / W1 to same head; classifier accuracy):\n")
-    print("| target | " + " | ".join(METHODS) + " |")
-    print("| --- |" + " --- |" * len(METHODS))
-    for t in targets:
-        cells = []
-        for m in METHODS:
-            acc = next(r["accuracy"] for r in clf_rows if r["target"] == t and r["method"] == m)
-            s = per_target[t][m]
-            cells.append(f"{s['ssim']['mean']:.3f} / {s['w1_same_head']['mean']:.4f}; {acc:.2f}")
-        print(f"| {t} | " + " | ".join(cells) + " |")
+
+    def cell(t, m):
+        acc = next(r["accuracy"] for r in clf_rows if r["target"] == t and r["method"] == m)
+        s = per_target[t][m]
+        return f"{s['ssim']['mean']:.3f} / {s['w1_same_head']['mean']:.4f}; {acc:.2f}"
+
+    print(markdown_table(["target", *METHODS], ([t, *(cell(t, m) for m in METHODS)] for t in targets)))
     if hcld_seconds:
         print(f"\nHCLD: {np.mean(hcld_seconds):.1f} s per image on average ({len(hcld_seconds)} images)")
     print(f"wall time {time.perf_counter() - start:.0f} s")
