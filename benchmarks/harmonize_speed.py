@@ -3,7 +3,8 @@
 
 For each grid (2 mm 80x96x80, 1 mm 160x192x160) and device (CPU; CUDA when available) it prints the
 seconds spent in encode / inversion / sampling / decode and the peak resident memory of a process that
-harmonizes one volume. At 2 mm it also runs, in the same process and with the same weights, a
+harmonizes one volume; on CUDA also the peak GPU memory that tensors took during one harmonization
+(``torch.cuda.max_memory_allocated``; the column stays empty on the CPU). At 2 mm it also runs, in the same process and with the same weights, a
 straightforward reference loop that does what the research code does per subject (benchmarks/
 _reference_path.py) and prints the speed-up. Weights are random: timing does not depend on weight values.
 
@@ -46,7 +47,7 @@ GRIDS = {"2mm": (80, 96, 80), "1mm": (160, 192, 160), "quick": (32, 48, 32)}
 QUICK_AE = dict(channels=(8, 16, 16), num_res_blocks=1, norm_groups=4)
 QUICK_UNET = dict(channels=(8, 16, 16), head_channels=16, norm_groups=4)
 COLUMNS = ["grid", "device", "path", "threads", "encode_s", "inversion_s", "sampling_s", "decode_s", "total_s",
-           "unet_calls", "peak_rss_mib", "note"]
+           "unet_calls", "peak_rss_mib", "peak_gpu_mib", "note"]
 
 
 def build(quick: bool, seed: int = 0):
@@ -79,22 +80,39 @@ def make_harmonizer(ae, unet, grid, device, autocast=None, channels_last=True):
     return Harmonizer(bundle, device=device, autocast=autocast, channels_last=channels_last)
 
 
+def _reset_gpu_peak(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _gpu_peak_mib(device):
+    """Peak memory allocated by tensors on a CUDA device since the last reset (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2 ** 20
+
+
 def run_ours(h: Harmonizer, vol, steps, style=None):
+    _reset_gpu_peak(h.device)
     t0 = time.perf_counter()
     style = h.style_from_site("target") if style is None else style
     out = h.harmonize(vol, style, inversion_steps=steps[0], sampling_steps=steps[1])
     total = time.perf_counter() - t0
-    return out, dict(h.last_timings, total=total)
+    return out, dict(h.last_timings, total=total, peak_gpu_mib=_gpu_peak_mib(h.device))
 
 
 def run_reference(ae, unet, vol, target, steps, device):
     x = torch.from_numpy(vol)[None, None].to(device)
     y = torch.from_numpy(target)[None, None].to(device)
+    _reset_gpu_peak(device)
     t0 = time.perf_counter()
     out, times = harmonize_reference(ae, unet, NoiseSchedule(), 1.0, x, y, *steps)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return out[0, 0].cpu().numpy(), dict(times, total=time.perf_counter() - t0)
+    total = time.perf_counter() - t0
+    return out[0, 0].cpu().numpy(), dict(times, total=total, peak_gpu_mib=_gpu_peak_mib(device))
 
 
 def agreement(h: Harmonizer, ref_ae, ref_unet, vol, device) -> dict:
@@ -139,6 +157,7 @@ def child(args) -> None:
         _, times = run_ours(make_harmonizer(ae, unet, grid, device), vol, steps)
     else:
         _, times = run_reference(ae.to(device), unet.to(device), vol, phantom(grid, 4), steps, device)
+    times.pop("peak_gpu_mib", None)  # the CPU memory subprocesses report RSS only
     print(json.dumps({"times": times, "peak_rss_mib": peak_rss_mib()}))
 
 
@@ -239,11 +258,14 @@ def main(argv=None) -> int:
                     if rep < max(1, args.reference_reps):
                         ref_out, t = run_reference(ref_ae, ref_unet, vol, target, steps, device)
                         ref_best = t if ref_best is None or t["total"] < ref_best["total"] else ref_best
+                gpu_peaks = {"ours": ours_best.pop("peak_gpu_mib"), "reference": ref_best.pop("peak_gpu_mib")}
                 emit(dict(base, path="ours", **{f"{k}_s": v for k, v in ours_best.items()},
+                          peak_gpu_mib=gpu_peaks["ours"] or "",
                           unet_calls=sum(steps), note="best of %d" % max(1, args.reps)))
                 agree = agreement(h, ref_ae, ref_unet, vol, device)
                 agree["end-to-end"] = float(np.abs(ours_out - ref_out).max())
                 emit(dict(base, path="reference", **{f"{k}_s": v for k, v in ref_best.items()},
+                          peak_gpu_mib=gpu_peaks["reference"] or "",
                           unet_calls=sum(steps), note=f"best of {args.reference_reps}; max rel |ours - reference|: "
                           + ", ".join(f"{k} {v:.1e}" for k, v in agree.items())
                           + " (absolute for end-to-end; random weights amplify rounding over the DDIM steps)"))
