@@ -113,6 +113,8 @@ class WorkflowConfig:
     ddim_inversion_steps: int = 30
     ddim_sampling_steps: int = 10
     random_seed: int = 0
+    #: Testing only: low-quality, fast preprocessing (fewer N4 iterations, a coarse affine registration).
+    sloppy: bool = False
 
     @property
     def native_output(self) -> bool:

@@ -442,6 +442,12 @@ def build_parser() -> HCLDArgumentParser:
         action="store_true",
         help="only (re)write the reports from existing outputs",
     )
+    other.add_argument(
+        "--sloppy",
+        action="store_true",
+        help="TESTING ONLY: low-quality preprocessing for speed (N4 with 10 iterations per level, a fast coarse "
+        "affine registration); the outputs say so and are not fit for analysis",
+    )
     other.add_argument("--boilerplate_only", dest="boilerplate_only", action="store_true", help=argparse.SUPPRESS)
     return parser
 

@@ -129,6 +129,8 @@ def build_config(args: argparse.Namespace) -> Config:
         LOGGER.warning("--reference-image only applies to the participant level; ignored")
     if level == "group" and (args.target_site is not None or reference_image is not None):
         LOGGER.warning("--target-site/--reference-image only apply to the participant and train levels; ignored")
+    if args.sloppy and level != "group":
+        LOGGER.warning("--sloppy: low-quality preprocessing for testing; the outputs are not fit for analysis")
 
     filter_file = args.bids_filter_file.absolute() if args.bids_filter_file else None
     bids_filters = load_bids_filters(filter_file)
@@ -191,6 +193,7 @@ def build_config(args: argparse.Namespace) -> Config:
         ddim_inversion_steps=args.ddim_inversion_steps,
         ddim_sampling_steps=args.ddim_sampling_steps,
         random_seed=args.random_seed,
+        sloppy=args.sloppy,
     )
     training = TrainingConfig(
         **{name: getattr(args, name) for name in TrainingConfig.__dataclass_fields__ if hasattr(args, name)}

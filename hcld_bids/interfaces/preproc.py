@@ -83,6 +83,8 @@ class _N4InputSpec(_ThreadsInputSpec):
     mask_dilation_mm = traits.Float(0.0, usedefault=True, desc="widen the mask by this much")
     shrink_mm = traits.Float(8.0, usedefault=True, desc="voxel size of the fitting grid")
     spline_distance_mm = traits.Float(200.0, usedefault=True, desc="B-spline control point spacing")
+    iterations = traits.List(traits.Int, minlen=1, desc="iterations per fitting level (default: N4's usual four "
+                                                        "levels of 50)")
 
 
 class _N4OutputSpec(TraitedSpec):
@@ -104,9 +106,10 @@ class N4BiasCorrection(SimpleInterface):
         mask = None
         if isdefined(self.inputs.mask_file):
             mask = np.asarray(nib.load(self.inputs.mask_file).dataobj) > 0
+        extra = {"iterations": tuple(self.inputs.iterations)} if isdefined(self.inputs.iterations) else {}
         corrected = n4_correct(
             img, mask=mask, mask_dilation_mm=self.inputs.mask_dilation_mm,
-            shrink_mm=self.inputs.shrink_mm, spline_distance_mm=self.inputs.spline_distance_mm,
+            shrink_mm=self.inputs.shrink_mm, spline_distance_mm=self.inputs.spline_distance_mm, **extra,
         )
         self._results["out_file"] = _save(corrected, runtime.cwd, "t1w_n4.nii.gz")
         return runtime
@@ -119,6 +122,7 @@ class _RegisterInputSpec(_ThreadsInputSpec):
     template_file = File(exists=True, mandatory=True, desc="template T1w (whole head)")
     registration = traits.Enum("affine", "syn", usedefault=True, desc="transform model")
     random_seed = traits.Int(20240917, usedefault=True, desc="seed of ANTs' metric sampling")
+    sloppy = traits.Bool(desc="testing only: the fast, coarse recipe")
 
 
 class _RegisterOutputSpec(TraitedSpec):
@@ -141,6 +145,7 @@ class RegisterToTemplate(SimpleInterface):
         result = register_to_template(
             nib.load(self.inputs.moving_file), nib.load(self.inputs.template_file), runtime.cwd,
             registration=self.inputs.registration, random_seed=self.inputs.random_seed,
+            sloppy=bool(self.inputs.sloppy) if isdefined(self.inputs.sloppy) else False,
         )
         self._results["warped_file"] = _save(result.warped, runtime.cwd, "t1w_warped.nii.gz")
         self._results["forward_transform"] = str(result.forward)

@@ -21,6 +21,7 @@ from ..preproc import bias
 from ..preproc.brainmask import DEFAULT_BAND_MM
 from ..preproc.grid import GridSpec
 from ..preproc.intensity import DEFAULT_PERCENTILES
+from ..preproc.registration import SLOPPY_REGISTRATIONS
 from ..templates import check_templates
 
 #: Outputs of :func:`init_anat_preproc_wf` (fields of its ``outputnode``).
@@ -43,14 +44,19 @@ _MEM_GB = {1: {"n4": 2.0, "reg": 3.0, "resample": 1.5, "mask": 1.0},
            2: {"n4": 1.0, "reg": 1.0, "resample": 0.5, "mask": 0.3}}
 
 
-def _methods_text(template: str, resolution: int, registration: str, voxel_mm: float) -> str:
+def _methods_text(template: str, resolution: int, registration: str, voxel_mm: float, sloppy: bool = False) -> str:
     from ..preproc._ants import ants_version, antspyx_version
 
     reg = ("an affine transform (rigid, then affine stages; mutual information)"
            if registration == "affine"
            else "an affine transform followed by a symmetric diffeomorphic (SyN) deformation")
     low, high = DEFAULT_PERCENTILES
-    return f"""\
+    sloppy_text = (f"""\
+This run used low-quality preprocessing meant for testing (--sloppy): N4 with
+{bias.SLOPPY_ITERATIONS[0]} iterations per level and ANTsPy's fast recipe
+({SLOPPY_REGISTRATIONS[registration]}) for the registration; its outputs are not fit for analysis.
+""" if sloppy else "")
+    return sloppy_text + f"""\
 The T1-weighted (T1w) image was checked (3D, finite, non-empty, plausible voxel size), reoriented
 to RAS and corrected for intensity non-uniformity with N4 [@n4] (ANTs {ants_version()}, through
 ANTsPy {antspyx_version()}), first within a rough head mask. It was registered to the
@@ -63,7 +69,7 @@ to [0, 1] between the {low:g}th and {high:g}th percentiles inside the brain mask
 
 
 def init_anat_preproc_wf(*, template: str, resolution: int, grid: GridSpec,
-                         registration: str = "affine", omp_nthreads: int = 1,
+                         registration: str = "affine", omp_nthreads: int = 1, sloppy: bool = False,
                          name: str = "anat_preproc_wf") -> pe.Workflow:
     """Preprocess one T1w for harmonization.
 
@@ -83,6 +89,8 @@ def init_anat_preproc_wf(*, template: str, resolution: int, grid: GridSpec,
         ``"affine"`` or ``"syn"``.
     omp_nthreads
         Threads of each ANTs step; nodes declare them as ``n_procs``.
+    sloppy
+        Testing only (``--sloppy``): fewer N4 iterations and a fast, coarse registration.
 
     Inputs
     ------
@@ -109,7 +117,7 @@ def init_anat_preproc_wf(*, template: str, resolution: int, grid: GridSpec,
     threads = max(1, int(omp_nthreads))
 
     workflow = pe.Workflow(name=name)
-    workflow.__desc__ = _methods_text(template, resolution, registration, voxel_mm)
+    workflow.__desc__ = _methods_text(template, resolution, registration, voxel_mm, sloppy)
 
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=OUTPUT_FIELDS), name="outputnode")
@@ -137,6 +145,10 @@ def init_anat_preproc_wf(*, template: str, resolution: int, grid: GridSpec,
                          name="brain_mask", mem_gb=mem["mask"])
     brain_mask_native = pe.Node(MaskToNative(num_threads=threads), name="brain_mask_native",
                                 n_procs=threads, mem_gb=mem["resample"])
+    if sloppy:
+        n4_head.inputs.iterations = list(bias.SLOPPY_ITERATIONS)
+        n4_brain.inputs.iterations = list(bias.SLOPPY_ITERATIONS)
+        register.inputs.sloppy = True
     scale = pe.Node(ScaleIntensity(), name="scale", mem_gb=mem["mask"])
     crop = pe.Node(CropToGrid(grid_shape=grid.shape, grid_start=grid.start), name="crop",
                    mem_gb=mem["mask"])

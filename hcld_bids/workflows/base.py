@@ -188,6 +188,7 @@ def static_provenance(config, model: ModelInfo, record, device: str) -> dict:
         "Template": model.template,
         "TemplateResolution": model.resolution,
         "Registration": model.registration,
+        **({"SloppyPreprocessing": True} if config.workflow.sloppy else {}),
         "IntensityScaling": {"method": scaling.get("method", "percentile"),
                              "low_percentile": scaling.get("low_percentile"),
                              "high_percentile": scaling.get("high_percentile")},
@@ -214,7 +215,7 @@ def init_single_t1w_wf(config, model: ModelInfo, record, device: str, name: str)
     inputnode.inputs.t1w = str(record.path)
 
     anat = init_anat_preproc_wf(template=model.template, resolution=model.resolution, grid=model.grid,
-                                registration=model.registration, omp_nthreads=omp)
+                                registration=model.registration, omp_nthreads=omp, sloppy=config.workflow.sloppy)
     harm = init_harmonization_wf(
         model=model, target_site=config.workflow.target_site, inversion_steps=config.workflow.ddim_inversion_steps,
         sampling_steps=config.workflow.ddim_sampling_steps, seed=config.workflow.random_seed, device=device,
@@ -271,7 +272,7 @@ def init_hcld_wf(config, records, model: ModelInfo, device: str):
     if config.workflow.reference_image:
         reference_wf = init_anat_preproc_wf(template=model.template, resolution=model.resolution, grid=model.grid,
                                             registration=model.registration, omp_nthreads=config.nipype.omp_nthreads,
-                                            name="reference_preproc_wf")
+                                            sloppy=config.workflow.sloppy, name="reference_preproc_wf")
         reference_wf.inputs.inputnode.t1w = str(config.workflow.reference_image)
 
     by_subject = defaultdict(list)

@@ -73,7 +73,8 @@ def init_train_preproc_wf(config, records, *, template: str, resolution: int, gr
             label = _label(record)
             t1w_wf = pe.Workflow(name=t1w_wf_name(record))
             anat = init_anat_preproc_wf(template=template, resolution=resolution, grid=grid,
-                                        registration=registration, omp_nthreads=config.nipype.omp_nthreads)
+                                        registration=registration, omp_nthreads=config.nipype.omp_nthreads,
+                                        sloppy=config.workflow.sloppy)
             inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
             inputnode.inputs.t1w = str(record.path)
             export = pe.Node(niu.Function(function=_export, input_names=["model_t1w", "model_mask", "dest_t1w",

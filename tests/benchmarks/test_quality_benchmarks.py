@@ -241,7 +241,7 @@ def test_group_scale_small():
 def test_participant_e2e_one_scan_quick(tmp_path):
     stdout = _run([BENCH / "participant_e2e.py", "--scanner", "uih", "--nprocs", "2", "--keep", tmp_path, "--quick"],
                   timeout=400)
-    assert "2 + 1 DDIM steps (--quick)" in stdout
+    assert "2 + 1 DDIM steps and --sloppy (--quick)" in stdout
     nodes = dict(line.rsplit("\t", 1) for line in stdout.splitlines()[2:] if "\t" in line)
     for node in ("anat_preproc_wf.n4_head", "anat_preproc_wf.register", "harmonization_wf.harmonize",
                  "total (process wall time, start-up and writing included)"):

@@ -65,6 +65,20 @@ def test_full_run_hands_the_config_and_t1w_list_to_the_level(dataset, tmp_path, 
     assert hash_tree(dataset) == before
 
 
+def test_sloppy_reaches_the_config_with_a_warning_and_is_off_by_default(dataset, tmp_path, dispatch, run_cli):
+    code, err = run_cli(dataset, tmp_path / "out", "participant", "-w", tmp_path / "w", "--target-site", "uih",
+                        "--sloppy", "--skip-bids-validation")
+    assert code == 0
+    assert "hcld-bids: WARNING: --sloppy: low-quality preprocessing for testing" in err
+    config, _ = dispatch.calls[-1]
+    assert config.workflow.sloppy is True
+    assert Config.from_toml(tmp_path / "out" / "logs" / config.file_name).workflow.sloppy is True
+    code, err = run_cli(dataset, tmp_path / "out", "participant", "-w", tmp_path / "w", "--target-site", "uih",
+                        "--skip-bids-validation")
+    assert code == 0 and "--sloppy" not in err
+    assert dispatch.calls[-1][0].workflow.sloppy is False
+
+
 def test_work_dir_defaults_to_work_in_the_current_directory(dataset, tmp_path, dispatch, run_cli, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _ = run_cli(dataset, tmp_path / "out", "group", "--skip-bids-validation")

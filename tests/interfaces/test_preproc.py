@@ -100,3 +100,21 @@ def test_mask_to_native_with_identity_transform_keeps_the_mask(in_tmp, template_
                           reference_file=str(template_files["T1w"])).run()
     out = np.asarray(nib.load(result.outputs.out_file).dataobj) > 0
     np.testing.assert_array_equal(out, np.asarray(nib.load(template_files["brain_mask"]).dataobj) > 0)
+
+
+@pytest.mark.parametrize("iterations, expected", [(None, [50, 50, 50, 50]), ([10, 10, 10, 10], [10, 10, 10, 10])])
+def test_n4_interface_passes_its_iterations_to_ants(in_tmp, t1w_dir, monkeypatch, iterations, expected):
+    import ants
+
+    from hcld_bids.interfaces.preproc import N4BiasCorrection
+
+    seen = []
+    real = ants.n4_bias_field_correction
+    monkeypatch.setattr(ants, "n4_bias_field_correction",
+                        lambda image, **kw: seen.append(kw["convergence"]["iters"]) or real(image, **kw))
+    node = N4BiasCorrection(in_file=str(t1w_dir / "uih_umr770_3T_run1_2mm.nii.gz"), num_threads=1)
+    if iterations is not None:
+        node.inputs.iterations = iterations
+    out = Path(node.run().outputs.out_file)
+    assert seen == [expected]
+    assert nib.load(out).shape == nib.load(t1w_dir / "uih_umr770_3T_run1_2mm.nii.gz").shape

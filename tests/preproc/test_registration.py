@@ -77,3 +77,21 @@ def test_unknown_registration_is_refused(template, tmp_path):
     t1w, _ = template
     with pytest.raises(ValueError, match="unknown registration"):
         register_to_template(t1w, t1w, tmp_path, registration="bspline")
+
+
+def test_sloppy_registration_is_the_fast_recipe_and_still_recovers_the_motion(template, shifted_registration,
+                                                                               tmp_path, monkeypatch):
+    import ants
+
+    t1w, mask = template
+    moving, _, _ = shifted_registration
+    recipes = []
+    real = ants.registration
+    monkeypatch.setattr(ants, "registration",
+                        lambda **kw: recipes.append(kw["type_of_transform"]) or real(**kw))
+    result = register_to_template(moving, t1w, tmp_path, sloppy=True)
+    assert recipes == ["AffineFast"]
+    inside = np.asarray(mask.dataobj) > 0
+    warped = np.asarray(result.warped.dataobj, dtype=float)
+    assert np.corrcoef(warped[inside], np.asarray(t1w.dataobj, dtype=float)[inside])[0, 1] > 0.9
+    assert result.forward.suffix == ".mat" and result.inverse.is_file()

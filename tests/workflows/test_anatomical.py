@@ -73,6 +73,21 @@ def test_workflow_with_syn_registration_builds_with_composite_transforms():
     assert "SyN" in wf.__desc__
 
 
+def test_sloppy_sets_fast_n4_and_registration_and_says_so_in_the_methods():
+    from nipype.interfaces.base import isdefined
+
+    from hcld_bids.preproc.bias import SLOPPY_ITERATIONS
+
+    default, sloppy = _build(), _build(sloppy=True)
+    for name in ("n4_head", "n4_brain"):
+        assert not isdefined(default.get_node(name).inputs.iterations)  # normal runs: node hashes unchanged
+        assert sloppy.get_node(name).inputs.iterations == list(SLOPPY_ITERATIONS)
+    assert not isdefined(default.get_node("register").inputs.sloppy)
+    assert sloppy.get_node("register").inputs.sloppy is True
+    assert "--sloppy" in sloppy.__desc__ and "AffineFast" in sloppy.__desc__
+    assert "--sloppy" not in default.__desc__
+
+
 def test_missing_template_fails_before_anything_runs():
     with pytest.raises(MissingInputError, match="fetch_templates"):
         init_anat_preproc_wf(template=TPL, resolution=1, grid=model_grid(TPL, 1), omp_nthreads=1)

@@ -116,6 +116,7 @@ def test_harmonized_sidecar_records_the_provenance(participant):
         assert hcld["StylePrototype"] == "site:siemens"
         assert (hcld["DDIMInversionSteps"], hcld["DDIMSamplingSteps"]) == (4, 2)
         assert hcld["RandomSeed"] == 0 and hcld["Device"] == "cpu"
+        assert "SloppyPreprocessing" not in hcld  # only runs with --sloppy carry it
         assert hcld["IntensityScaling"]["high"] > hcld["IntensityScaling"]["low"]
         assert set(hcld["WallTimeSeconds"]) >= {"harmonization", "encode", "inversion", "sampling", "decode"}
         assert set(hcld["Versions"]) >= {"hcld-bids", "torch", "python"}
