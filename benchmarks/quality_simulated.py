@@ -24,7 +24,9 @@ target site by
   target site's intensity units; the method is some thirty lines and adding a runtime dependency for it
   was not worth it;
 - ``hcld``: :class:`hcld_bids.model.harmonize.Harmonizer` toward the site's prototype
-  (``--inversion-steps`` + ``--sampling-steps`` DDIM steps, output masked to the brain).
+  (``--inversion-steps`` + ``--sampling-steps`` DDIM steps, output masked to the brain);
+- ``hcld_t<N>`` (one per ``--t-end N``): the same with the inversion stopped at timestep N and the sampling
+  started there (``Harmonizer.harmonize(t_end=N)``; the default runs to the last training timestep, 999).
 
 Per pair (inside the brain = both brain masks): SSIM (3D, Gaussian window sigma 1.5 voxels, averaged over
 the brain), PSNR and MAE, Wasserstein-1 distance between the brain-intensity histograms of the output and
@@ -42,7 +44,7 @@ Writes ``pairs.tsv`` (one row per method and pair), ``classifier.tsv`` (one row 
 
     PYTHONPATH=$PWD python benchmarks/quality_simulated.py --inputs WORK/train/inputs --out DIR \
         [--bundle hcld_bids/data/models/demo] [--targets siteA] [--subjects 8] [--device cpu] \
-        [--inversion-steps 30] [--sampling-steps 10] [--cache DIR]
+        [--inversion-steps 30] [--sampling-steps 10] [--t-end N ...] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -216,13 +218,14 @@ def write_tsv(path: Path, rows: list[dict]) -> None:
 
 # ----------------------------------------------------------------------------------------------- main
 
-def _hcld_output(harmonizer, cache: Path | None, key: str, inp, mask, style, args):
-    path = cache / f"{key}_inv{args.inversion_steps}_samp{args.sampling_steps}.npy" if cache else None
+def _hcld_output(harmonizer, cache: Path | None, key: str, inp, mask, style, args, t_end: int | None = None):
+    name = f"{key}_inv{args.inversion_steps}_samp{args.sampling_steps}" + (f"_tend{t_end}" if t_end else "")
+    path = cache / f"{name}.npy" if cache else None
     if path is not None and path.is_file():
         return np.load(path), float("nan")
     t0 = time.perf_counter()
     out = harmonizer.harmonize(inp, style, inversion_steps=args.inversion_steps,
-                               sampling_steps=args.sampling_steps, mask=mask)
+                               sampling_steps=args.sampling_steps, mask=mask, t_end=t_end)
     seconds = time.perf_counter() - t0
     if path is not None:
         np.save(path, out)
@@ -242,6 +245,8 @@ def main(argv=None) -> int:
     ap.add_argument("--nyul-fit", choices=["loso", "bundle"], default="loso",
                     help="standard scale of Nyul: other subjects' target-site images (loso) or the bundle "
                          "histogram's quantiles")
+    ap.add_argument("--t-end", type=int, nargs="+", default=[], metavar="N",
+                    help="also evaluate HCLD with the inversion stopped at timestep N (method hcld_t<N>)")
     ap.add_argument("--cache", type=Path, help="keep HCLD outputs here as .npy and reuse them")
     args = ap.parse_args(argv)
 
@@ -273,6 +278,7 @@ def main(argv=None) -> int:
           f"HCLD {args.inversion_steps} + {args.sampling_steps} DDIM steps on {args.device} "
           f"({torch.get_num_threads()} threads); Nyul standard scale: {nyul_fit}", flush=True)
 
+    methods = METHODS + tuple(f"hcld_t{t}" for t in args.t_end)
     pair_rows, clf_rows, hcld_seconds = [], [], []
     for target in targets:
         style = harmonizer.style_from_site(target)
@@ -282,7 +288,7 @@ def main(argv=None) -> int:
         else:
             marks = {sub: nyul_landmarks(images[sub][target][0][images[sub][target][1]]) for sub in subjects}
             standards = {sub: np.mean([marks[o] for o in subjects if o != sub], axis=0) for sub in subjects}
-        features = {m: [] for m in METHODS}
+        features = {m: [] for m in methods}
         labels, groups = [], []
         for sub in subjects:
             ref, ref_mask = images[sub][target]
@@ -294,6 +300,11 @@ def main(argv=None) -> int:
                     hcld_seconds.append(seconds)
                 outputs = {"input": inp, "histmatch": histogram_match(inp, mask, hist["edges"], hist["density"]),
                            "nyul": nyul_map(inp, mask, standards[sub]), "hcld": hcld}
+                for t_end in args.t_end:
+                    outputs[f"hcld_t{t_end}"], seconds_t = _hcld_output(
+                        harmonizer, args.cache, f"{sub}_{source}_to_{target}", inp, mask, style, args, t_end)
+                    if not math.isnan(seconds_t):
+                        hcld_seconds.append(seconds_t)
                 for method, image in outputs.items():
                     features[method].append(classifier_features(image, mask))
                 labels.append(source)
@@ -308,7 +319,7 @@ def main(argv=None) -> int:
                     scores[method] = row["ssim"]
                 print(f"  {sub} {source} -> {target}  SSIM " + "  ".join(f"{m} {v:.3f}" for m, v in scores.items())
                       + (f"  (HCLD {seconds:.1f} s)" if not math.isnan(seconds) else "  (HCLD cached)"), flush=True)
-        for method in METHODS:
+        for method in methods:
             acc = site_classifier_accuracy(features[method], labels, groups)
             clf_rows.append({"target": target, "method": method, "n_images": len(labels), "n_sites": len(sites),
                              "accuracy": acc, "chance": 1.0 / len(sites)})
@@ -317,7 +328,7 @@ def main(argv=None) -> int:
     write_tsv(args.out / "classifier.tsv", clf_rows)
     summary = summarize(pair_rows)
     summary_rows = []
-    for method in METHODS:
+    for method in methods:
         accs = [r["accuracy"] for r in clf_rows if r["method"] == method]
         summary[method]["classifier_accuracy"] = round(float(np.mean(accs)), 4)
         summary_rows.append({"method": method, "n_pairs": summary[method]["n"],
@@ -329,14 +340,15 @@ def main(argv=None) -> int:
     result = {
         "description": __doc__.splitlines()[0], "inputs": str(args.inputs), "bundle": str(args.bundle),
         "subjects": subjects, "sites": sites, "targets": targets, "device": args.device,
-        "inversion_steps": args.inversion_steps, "sampling_steps": args.sampling_steps, "nyul_fit": nyul_fit,
+        "inversion_steps": args.inversion_steps, "sampling_steps": args.sampling_steps, "t_end": args.t_end,
+        "nyul_fit": nyul_fit,
         "chance": 1.0 / len(sites), "summary": summary, "per_target": per_target, "classifier": clf_rows,
         "hcld_seconds_mean": round(float(np.mean(hcld_seconds)), 2) if hcld_seconds else None,
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
     (args.out / "summary.json").write_text(json.dumps(result, indent=1))
 
-    print(f"\n{len(pair_rows) // len(METHODS)} source->target pairs ({len(subjects)} subjects, targets "
+    print(f"\n{len(pair_rows) // len(methods)} source->target pairs ({len(subjects)} subjects, targets "
           f"{', '.join(targets)}); site classifier: {len(sites)} sites, chance {1 / len(sites):.3f}\n")
     print(markdown_table(
         ["method", "SSIM", "PSNR (dB)", "MAE", "W1 to same head", "W1 to target site", "structure preservation",
@@ -351,7 +363,7 @@ def main(argv=None) -> int:
         s = per_target[t][m]
         return f"{s['ssim']['mean']:.3f} / {s['w1_same_head']['mean']:.4f}; {acc:.2f}"
 
-    print(markdown_table(["target", *METHODS], ([t, *(cell(t, m) for m in METHODS)] for t in targets)))
+    print(markdown_table(["target", *methods], ([t, *(cell(t, m) for m in methods)] for t in targets)))
     if hcld_seconds:
         print(f"\nHCLD: {np.mean(hcld_seconds):.1f} s per image on average ({len(hcld_seconds)} images)")
     print(f"wall time {time.perf_counter() - start:.0f} s")

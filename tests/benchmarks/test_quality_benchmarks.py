@@ -122,12 +122,12 @@ def test_quality_simulated_tiny(simulated_setting):
     out = simulated_setting / "out"
     stdout = _run([BENCH / "quality_simulated.py", "--inputs", simulated_setting / "inputs", "--bundle",
                    simulated_setting / "bundle", "--out", out, "--targets", "siteA", "--inversion-steps", "2",
-                   "--sampling-steps", "1"])
-    methods = ["input", "histmatch", "nyul", "hcld"]
+                   "--sampling-steps", "1", "--t-end", "300"])
+    methods = ["input", "histmatch", "nyul", "hcld", "hcld_t300"]
     pairs = _read_tsv(out / "pairs.tsv")
     keys = ["ssim", "psnr", "mae", "w1_same_head", "w1_site", "structure_preservation"]
     assert list(pairs[0]) == ["method", "subject", "source", "target", *keys]
-    assert len(pairs) == 4 * 2  # methods x (2 heads x pair siteB -> siteA)
+    assert len(pairs) == 5 * 2  # methods x (2 heads x pair siteB -> siteA)
     assert {(r["method"], r["subject"], r["source"], r["target"]) for r in pairs} == {
         (m, s, "siteB", "siteA") for m in methods for s in ("h1", "h2")}
     _finite(pairs, keys)
@@ -147,7 +147,10 @@ def test_quality_simulated_tiny(simulated_setting):
     summary = {r["method"]: r for r in _read_tsv(out / "summary.tsv")}
     assert list(summary) == methods
     result = json.loads((out / "summary.json").read_text())
-    assert result["subjects"] == ["h1", "h2"] and result["nyul_fit"] == "loso"
+    assert result["subjects"] == ["h1", "h2"] and result["nyul_fit"] == "loso" and result["t_end"] == [300]
+    # stopping the inversion early gives another output than the full inversion
+    full, early = ([float(r["ssim"]) for r in pairs if r["method"] == m] for m in ("hcld", "hcld_t300"))
+    assert full != early
     for method in methods:
         mean = np.mean([float(r["ssim"]) for r in pairs if r["method"] == method])
         assert float(summary[method]["ssim_mean"]) == pytest.approx(mean, abs=1e-4)
