@@ -26,7 +26,9 @@ target site by
 - ``hcld``: :class:`hcld_bids.model.harmonize.Harmonizer` toward the site's prototype
   (``--inversion-steps`` + ``--sampling-steps`` DDIM steps, output masked to the brain);
 - ``hcld_t<N>`` (one per ``--t-end N``): the same with the inversion stopped at timestep N and the sampling
-  started there (``Harmonizer.harmonize(t_end=N)``; the default runs to the last training timestep, 999).
+  started there (``Harmonizer.harmonize(t_end=N)``; the default runs to the last training timestep, 999);
+- ``latent_adain`` (with ``--latent-adain``; an ablation): HCLD without the diffusion model, the decoded
+  latent fusion only: ``Dec(AdaIN(E(x), prototype statistics))``, clipped to [0, 1] and masked like HCLD.
 
 Per pair (inside the brain = both brain masks): SSIM (3D, Gaussian window sigma 1.5 voxels, averaged over
 the brain), PSNR and MAE, Wasserstein-1 distance between the brain-intensity histograms of the output and
@@ -44,7 +46,7 @@ Writes ``pairs.tsv`` (one row per method and pair), ``classifier.tsv`` (one row 
 
     PYTHONPATH=$PWD python benchmarks/quality_simulated.py --inputs WORK/train/inputs --out DIR \
         [--bundle hcld_bids/data/models/demo] [--targets siteA] [--subjects 8] [--device cpu] \
-        [--inversion-steps 30] [--sampling-steps 10] [--t-end N ...] [--cache DIR]
+        [--inversion-steps 30] [--sampling-steps 10] [--t-end N ...] [--latent-adain] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -232,6 +234,20 @@ def _hcld_output(harmonizer, cache: Path | None, key: str, inp, mask, style, arg
     return out, seconds
 
 
+def latent_adain_output(harmonizer, inp, mask, style) -> np.ndarray:
+    """The ablation ``latent_adain``: encode, AdaIN toward the style's channel statistics, decode."""
+    import torch
+
+    from hcld_bids.model.fusion import adain
+
+    z = harmonizer.encode(harmonizer._to_device([inp]))
+    with torch.inference_mode():
+        fused = adain(z, (style.channel_mean, style.channel_std))
+    out = harmonizer.decode(fused).clamp(0.0, 1.0)[0, 0].cpu().numpy().astype(np.float32)
+    out[np.asarray(mask) <= 0] = 0.0
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--inputs", type=Path, required=True, help="folder of sub-<s>_ses-<site>_{t1w,mask}.nii.gz")
@@ -247,6 +263,8 @@ def main(argv=None) -> int:
                          "histogram's quantiles")
     ap.add_argument("--t-end", type=int, nargs="+", default=[], metavar="N",
                     help="also evaluate HCLD with the inversion stopped at timestep N (method hcld_t<N>)")
+    ap.add_argument("--latent-adain", action="store_true",
+                    help="also evaluate the ablation latent_adain: decoded latent AdaIN, no diffusion")
     ap.add_argument("--cache", type=Path, help="keep HCLD outputs here as .npy and reuse them")
     args = ap.parse_args(argv)
 
@@ -278,7 +296,7 @@ def main(argv=None) -> int:
           f"HCLD {args.inversion_steps} + {args.sampling_steps} DDIM steps on {args.device} "
           f"({torch.get_num_threads()} threads); Nyul standard scale: {nyul_fit}", flush=True)
 
-    methods = METHODS + tuple(f"hcld_t{t}" for t in args.t_end)
+    methods = METHODS + tuple(f"hcld_t{t}" for t in args.t_end) + (("latent_adain",) if args.latent_adain else ())
     pair_rows, clf_rows, hcld_seconds = [], [], []
     for target in targets:
         style = harmonizer.style_from_site(target)
@@ -305,6 +323,8 @@ def main(argv=None) -> int:
                         harmonizer, args.cache, f"{sub}_{source}_to_{target}", inp, mask, style, args, t_end)
                     if not math.isnan(seconds_t):
                         hcld_seconds.append(seconds_t)
+                if args.latent_adain:
+                    outputs["latent_adain"] = latent_adain_output(harmonizer, inp, mask, style)
                 for method, image in outputs.items():
                     features[method].append(classifier_features(image, mask))
                 labels.append(source)
@@ -341,6 +361,7 @@ def main(argv=None) -> int:
         "description": __doc__.splitlines()[0], "inputs": str(args.inputs), "bundle": str(args.bundle),
         "subjects": subjects, "sites": sites, "targets": targets, "device": args.device,
         "inversion_steps": args.inversion_steps, "sampling_steps": args.sampling_steps, "t_end": args.t_end,
+        "latent_adain": args.latent_adain,
         "nyul_fit": nyul_fit,
         "chance": 1.0 / len(sites), "summary": summary, "per_target": per_target, "classifier": clf_rows,
         "hcld_seconds_mean": round(float(np.mean(hcld_seconds)), 2) if hcld_seconds else None,

@@ -122,12 +122,12 @@ def test_quality_simulated_tiny(simulated_setting):
     out = simulated_setting / "out"
     stdout = _run([BENCH / "quality_simulated.py", "--inputs", simulated_setting / "inputs", "--bundle",
                    simulated_setting / "bundle", "--out", out, "--targets", "siteA", "--inversion-steps", "2",
-                   "--sampling-steps", "1", "--t-end", "300"])
-    methods = ["input", "histmatch", "nyul", "hcld", "hcld_t300"]
+                   "--sampling-steps", "1", "--t-end", "300", "--latent-adain"])
+    methods = ["input", "histmatch", "nyul", "hcld", "hcld_t300", "latent_adain"]
     pairs = _read_tsv(out / "pairs.tsv")
     keys = ["ssim", "psnr", "mae", "w1_same_head", "w1_site", "structure_preservation"]
     assert list(pairs[0]) == ["method", "subject", "source", "target", *keys]
-    assert len(pairs) == 5 * 2  # methods x (2 heads x pair siteB -> siteA)
+    assert len(pairs) == 6 * 2  # methods x (2 heads x pair siteB -> siteA)
     assert {(r["method"], r["subject"], r["source"], r["target"]) for r in pairs} == {
         (m, s, "siteB", "siteA") for m in methods for s in ("h1", "h2")}
     _finite(pairs, keys)
@@ -148,6 +148,7 @@ def test_quality_simulated_tiny(simulated_setting):
     assert list(summary) == methods
     result = json.loads((out / "summary.json").read_text())
     assert result["subjects"] == ["h1", "h2"] and result["nyul_fit"] == "loso" and result["t_end"] == [300]
+    assert result["latent_adain"] is True
     # stopping the inversion early gives another output than the full inversion
     full, early = ([float(r["ssim"]) for r in pairs if r["method"] == m] for m in ("hcld", "hcld_t300"))
     assert full != early
