@@ -6,7 +6,8 @@ seconds spent in encode / inversion / sampling / decode and the peak resident me
 harmonizes one volume; on CUDA also the peak GPU memory that tensors took during one harmonization
 (``torch.cuda.max_memory_allocated``; the column stays empty on the CPU). At 2 mm it also runs, in the same
 process and with the same weights, a straightforward reference loop that does what the research code does
-per subject (benchmarks/_reference_path.py) and prints the speed-up. Weights are random: timing does not depend on weight values.
+per subject (benchmarks/_reference_path.py) and prints the speed-up. Weights are random: timing does not
+depend on weight values.
 
     PYTHONPATH=$PWD python benchmarks/harmonize_speed.py [--grids 2mm,1mm] [--reps 3] [--out speed.tsv]
     PYTHONPATH=$PWD python benchmarks/harmonize_speed.py --quick      # tiny network, seconds
