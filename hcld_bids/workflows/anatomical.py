@@ -53,8 +53,8 @@ def _methods_text(template: str, resolution: int, registration: str, voxel_mm: f
     low, high = DEFAULT_PERCENTILES
     sloppy_text = (f"""\
 This run used low-quality preprocessing meant for testing (--sloppy): N4 with
-{bias.SLOPPY_ITERATIONS[0]} iterations per level and ANTsPy's fast recipe
-({SLOPPY_REGISTRATIONS[registration]}) for the registration; its outputs are not fit for analysis.
+{bias.SLOPPY_ITERATIONS[0]} iterations per level and ANTsPy's {SLOPPY_REGISTRATIONS[registration]} recipe
+for the registration; its outputs are not fit for analysis.
 """ if sloppy else "")
     return sloppy_text + f"""\
 The T1-weighted (T1w) image was checked (3D, finite, non-empty, plausible voxel size), reoriented
