@@ -28,7 +28,17 @@ target site by
 - ``hcld_t<N>`` (one per ``--t-end N``): the same with the inversion stopped at timestep N and the sampling
   started there (``Harmonizer.harmonize(t_end=N)``; the default runs to the last training timestep, 999);
 - ``latent_adain`` (with ``--latent-adain``; an ablation): HCLD without the diffusion model, the decoded
-  latent fusion only: ``Dec(AdaIN(E(x), prototype statistics))``, clipped to [0, 1] and masked like HCLD.
+  latent fusion only: ``Dec(AdaIN(E(x), prototype statistics))``, clipped to [0, 1] and masked like HCLD;
+- ``recon`` (with ``--chain``): the autoencoder's plain reconstruction ``Dec(E(x))``, the ceiling of any
+  output that is decoded without detail re-injection;
+- one method per ``--regime NAME=KIND[,key=value...]``: the Harmonizer with that
+  :class:`hcld_bids.model.harmonize.Regime` (keys: strength, inversion_steps, sampling_steps, detail,
+  calibrate, z0_clip, readapt_condition), e.g. ``sdedit30=sdedit,strength=0.3,sampling_steps=1``;
+- ``--chain`` adds the loss budget of a bundle, in the order the path loses or gains: ``recon``,
+  ``latent_adain``, ``full`` (full inversion, 30 + 10 steps), ``research`` (the research code's mismatched
+  schedule), ``dual`` (DDIB, strength 0.5), ``sdedit`` at strengths 0.1 / 0.3 / 0.5 (one sampling step),
+  the same with detail re-injection, and ``final``: the bundle's own inference regime (its manifest's
+  ``inference`` block), which is what the participant level runs.
 
 Per pair (inside the brain = both brain masks): SSIM (3D, Gaussian window sigma 1.5 voxels, averaged over
 the brain), PSNR and MAE, Wasserstein-1 distance between the brain-intensity histograms of the output and
@@ -46,7 +56,8 @@ Writes ``pairs.tsv`` (one row per method and pair), ``classifier.tsv`` (one row 
 
     PYTHONPATH=$PWD python benchmarks/quality_simulated.py --inputs WORK/train/inputs --out DIR \
         [--bundle hcld_bids/data/models/demo] [--targets siteA] [--subjects 8] [--device cpu] \
-        [--inversion-steps 30] [--sampling-steps 10] [--t-end N ...] [--latent-adain] [--cache DIR]
+        [--inversion-steps 30] [--sampling-steps 10] [--t-end N ...] [--latent-adain] [--cache DIR] \
+        [--participant-label IXI033 ...] [--chain] [--regime NAME=KIND,key=value ...]
 """
 
 from __future__ import annotations
@@ -103,14 +114,12 @@ def load_inputs(inputs: Path) -> dict:
 # ----------------------------------------------------------------------------------------------- baselines
 
 def histogram_match(vol, mask, edges, density):
-    """Map the brain intensities of ``vol`` onto the distribution ``density`` (on ``edges``) by quantiles."""
-    edges, density = np.asarray(edges, float), np.asarray(density, float)
-    cdf = np.concatenate([[0.0], np.cumsum(density * np.diff(edges))])
-    cdf /= cdf[-1]
-    values = vol[mask]
-    ranks = (np.argsort(np.argsort(values, kind="stable"), kind="stable") + 0.5) / values.size
-    out = np.zeros_like(vol)
-    out[mask] = np.interp(ranks, cdf, edges)
+    """Map the brain intensities of ``vol`` onto the distribution ``density`` (on ``edges``) by quantiles;
+    zero outside the brain (the Harmonizer's calibration step, :func:`hcld_bids.model.harmonize.match_histogram`)."""
+    from hcld_bids.model.harmonize import match_histogram
+
+    out = match_histogram(vol, mask, edges, density)
+    out[~np.asarray(mask, bool)] = 0.0
     return out
 
 
@@ -234,6 +243,65 @@ def _hcld_output(harmonizer, cache: Path | None, key: str, inp, mask, style, arg
     return out, seconds
 
 
+#: The loss-budget chain of ``--chain`` (names and regime specs; ``final`` is the bundle's own regime).
+CHAIN = (
+    ("full", "full,strength=1.0,inversion_steps=30,sampling_steps=10"),
+    ("research", "research"),
+    ("dual", "dual,strength=0.5,inversion_steps=10,sampling_steps=10"),
+    ("sdedit10", "sdedit,strength=0.1,sampling_steps=1"),
+    ("sdedit30", "sdedit,strength=0.3,sampling_steps=1"),
+    ("sdedit50", "sdedit,strength=0.5,sampling_steps=1"),
+    ("sdedit30_detail", "sdedit,strength=0.3,sampling_steps=1,detail=1.0"),
+    ("sdedit30_detail_cal", "sdedit,strength=0.3,sampling_steps=1,detail=1.0,calibrate=true"),
+)
+
+
+def parse_regime(spec: str, base):
+    """``KIND[,key=value...]`` -> a Regime (``base``'s fields for keys not given)."""
+    from dataclasses import fields, replace
+
+    parts = [p for p in spec.split(",") if p]
+    kind, changes = parts[0], {}
+    types = {f.name: f.type for f in fields(base)}
+    for part in parts[1:]:
+        key, _, value = part.partition("=")
+        if key not in types:
+            raise ValueError(f"unknown regime key {key!r} in {spec!r}; known: {', '.join(sorted(types))}")
+        if value.lower() in ("true", "false"):
+            changes[key] = value.lower() == "true"
+        elif value.lower() == "none":
+            changes[key] = None
+        elif key in ("inversion_steps", "sampling_steps"):
+            changes[key] = int(value)
+        else:
+            changes[key] = float(value)
+    return replace(base, kind=kind, **changes)
+
+
+def regime_output(harmonizer, cache: Path | None, key: str, inp, mask, style, regime, name: str):
+    """One Harmonizer output under ``regime`` (cached as ``<key>_<name>.npy`` with the regime in a sidecar)."""
+    path = cache / f"{key}_{name}.npy" if cache else None
+    stamp = json.dumps(regime.to_dict(), sort_keys=True)
+    if path is not None and path.is_file() and path.with_suffix(".json").is_file() \
+            and path.with_suffix(".json").read_text() == stamp:
+        return np.load(path), float("nan")
+    t0 = time.perf_counter()
+    out = harmonizer.harmonize(inp, style, regime=regime, mask=mask)
+    seconds = time.perf_counter() - t0
+    if path is not None:
+        np.save(path, out)
+        path.with_suffix(".json").write_text(stamp)
+    return out, seconds
+
+
+def reconstruction_output(harmonizer, inp, mask) -> np.ndarray:
+    """``recon``: the autoencoder's plain reconstruction ``Dec(E(x))``, clipped and masked."""
+    out = harmonizer.decode(harmonizer.encode(harmonizer._to_device([inp]))).clamp(0.0, 1.0)[0, 0].cpu().numpy()
+    out = out.astype(np.float32)
+    out[np.asarray(mask) <= 0] = 0.0
+    return out
+
+
 def latent_adain_output(harmonizer, inp, mask, style) -> np.ndarray:
     """The ablation ``latent_adain``: encode, AdaIN toward the style's channel statistics, decode."""
     import torch
@@ -266,6 +334,12 @@ def main(argv=None) -> int:
     ap.add_argument("--latent-adain", action="store_true",
                     help="also evaluate the ablation latent_adain: decoded latent AdaIN, no diffusion")
     ap.add_argument("--cache", type=Path, help="keep HCLD outputs here as .npy and reuse them")
+    ap.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL",
+                    help="use these subjects (default: all, or the first --subjects)")
+    ap.add_argument("--chain", action="store_true",
+                    help="the loss budget: recon, latent_adain, each inference regime and the bundle's own (final)")
+    ap.add_argument("--regime", nargs="+", default=[], metavar="NAME=KIND[,key=value]",
+                    help="also evaluate the Harmonizer under these regimes (method NAME)")
     args = ap.parse_args(argv)
 
     import torch
@@ -278,6 +352,12 @@ def main(argv=None) -> int:
     if not images:
         ap.error(f"no sub-<s>_ses-<site>_t1w.nii.gz images in {args.inputs}")
     subjects = sorted(images)[: args.subjects] if args.subjects else sorted(images)
+    if args.participant_label:
+        wanted = [p.removeprefix("sub-") for p in args.participant_label]
+        unknown = [p for p in wanted if p not in images]
+        if unknown:
+            ap.error(f"subjects {unknown} have no images in {args.inputs}")
+        subjects = sorted(wanted)
     sites = sorted({s for sub in subjects for s in images[sub]})
     incomplete = [sub for sub in subjects if set(images[sub]) != set(sites)]
     if incomplete:
@@ -296,7 +376,18 @@ def main(argv=None) -> int:
           f"HCLD {args.inversion_steps} + {args.sampling_steps} DDIM steps on {args.device} "
           f"({torch.get_num_threads()} threads); Nyul standard scale: {nyul_fit}", flush=True)
 
-    methods = METHODS + tuple(f"hcld_t{t}" for t in args.t_end) + (("latent_adain",) if args.latent_adain else ())
+    regimes = {}
+    for item in list(CHAIN if args.chain else ()) + [tuple(r.split("=", 1)) for r in args.regime]:
+        if len(item) != 2:
+            ap.error(f"--regime takes NAME=KIND[,key=value...], got {item[0]!r}")
+        try:
+            regimes[item[0]] = parse_regime(item[1], harmonizer.default_regime)
+        except ValueError as err:
+            ap.error(str(err))
+    if args.chain:
+        regimes["final"] = harmonizer.default_regime
+    methods = METHODS + tuple(f"hcld_t{t}" for t in args.t_end) + (("recon",) if args.chain else ()) \
+        + (("latent_adain",) if (args.latent_adain or args.chain) else ()) + tuple(regimes)
     pair_rows, clf_rows, hcld_seconds = [], [], []
     for target in targets:
         style = harmonizer.style_from_site(target)
@@ -323,8 +414,15 @@ def main(argv=None) -> int:
                         harmonizer, args.cache, f"{sub}_{source}_to_{target}", inp, mask, style, args, t_end)
                     if not math.isnan(seconds_t):
                         hcld_seconds.append(seconds_t)
-                if args.latent_adain:
+                if args.chain:
+                    outputs["recon"] = reconstruction_output(harmonizer, inp, mask)
+                if args.latent_adain or args.chain:
                     outputs["latent_adain"] = latent_adain_output(harmonizer, inp, mask, style)
+                for name, regime in regimes.items():
+                    outputs[name], seconds_r = regime_output(harmonizer, args.cache, f"{sub}_{source}_to_{target}",
+                                                             inp, mask, style, regime, name)
+                    if not math.isnan(seconds_r):
+                        hcld_seconds.append(seconds_r)
                 for method, image in outputs.items():
                     features[method].append(classifier_features(image, mask))
                 labels.append(source)
@@ -362,6 +460,7 @@ def main(argv=None) -> int:
         "subjects": subjects, "sites": sites, "targets": targets, "device": args.device,
         "inversion_steps": args.inversion_steps, "sampling_steps": args.sampling_steps, "t_end": args.t_end,
         "latent_adain": args.latent_adain,
+        "regimes": {name: regime.to_dict() for name, regime in regimes.items()},
         "nyul_fit": nyul_fit,
         "chance": 1.0 / len(sites), "summary": summary, "per_target": per_target, "classifier": clf_rows,
         "hcld_seconds_mean": round(float(np.mean(hcld_seconds)), 2) if hcld_seconds else None,

@@ -102,6 +102,7 @@ __all__ = [
     "head_mask",
     "random_site",
     "reference_intensity",
+    "restyle_model_volume",
     "simulate",
     "voxel_axes",
 ]
@@ -390,3 +391,49 @@ def random_site(name: str, rng: np.random.Generator) -> SiteEffect:
         offset=float(rng.uniform(0.0, 0.03)),
         field_strength=float(rng.choice([1.5, 3.0])),
     )
+
+
+def restyle_model_volume(volume: np.ndarray, effect: SiteEffect, rng: np.random.Generator,
+                         voxel_mm: float = 2.0) -> np.ndarray:
+    """Re-render a *preprocessed* model-grid volume as if ``effect``'s scanner had acquired it (augmentation).
+
+    The model grid holds skull-stripped, bias-corrected images scaled to [0, 1]; the steps of :func:`simulate`
+    that survive that preprocessing are applied to the brain voxels (``volume > 0``): the contrast curve
+    (with ``R`` the 90th brain percentile), the blur and the slice profile (as a blur along the slice axis of
+    the isotropic ``voxel_mm`` grid, whose axes are the template's x, y, z), Rician noise; then the result is
+    rescaled like the preprocessing (brain percentiles 0.5 / 99.5 to 0 / 1, clipped) and zeroed outside the
+    brain. Bias field, global scale and offset are left out: the preprocessing removes them. Cheap (about 0.1 s
+    at 2 mm), so it can run on every training step.
+
+    Args:
+        volume: ``(X, Y, Z)`` float array in [0, 1], zero outside the brain.
+        effect: the site to render (e.g. :func:`random_site`).
+        rng: draws the noise.
+    Returns:
+        float32 array of the same shape in [0, 1].
+    """
+    from .preproc.intensity import scale_intensity, scaling_reference
+
+    vol = np.asarray(volume, dtype=np.float32)
+    brain = vol > 0
+    if brain.sum() < 100:
+        return vol.copy()
+    ref = float(np.percentile(vol[brain], _REFERENCE_PERCENTILE))
+    if not ref > 0:
+        return vol.copy()
+    curve = contrast_curve(effect)
+    out = np.zeros_like(vol)
+    out[brain] = ref * curve(vol[brain] / ref)
+    wm_level = ref * float(curve(np.array([1.0]))[0])
+    sigmas = [f * _FWHM_TO_SIGMA / voxel_mm for f in effect.blur_fwhm_mm]
+    if effect.slice_thickness_mm > voxel_mm:
+        profile = effect.slice_thickness_mm * _FWHM_TO_SIGMA / voxel_mm
+        sigmas[effect.slice_axis] = float(np.hypot(sigmas[effect.slice_axis], profile))
+    if max(sigmas) > 0:
+        out = ndi.gaussian_filter(out, sigmas, mode="nearest", truncate=3.0)
+    if effect.noise > 0:
+        out = _rician(np.maximum(out, 0.0), effect.noise * wm_level, rng)
+    low, high = scaling_reference(out, brain)
+    out = scale_intensity(out, low, high)
+    out[~brain] = 0.0
+    return out

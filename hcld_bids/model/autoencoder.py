@@ -1,9 +1,11 @@
 """3D KL-regularised autoencoder: a T1w volume ``(N, 1, D, H, W)`` <-> a latent map ``(N, 6, D/4, H/4, W/4)``.
 
-Encoder: conv in, then per level ``num_res_blocks`` residual blocks (self-attention after each block at the
-levels flagged in ``attention_levels``) and a stride-2 downsampling between levels; a middle block
-(residual, attention, residual); GroupNorm, SiLU and a 3x3 conv to ``2 * latent_channels`` (posterior mean
-and log-variance). The decoder mirrors it. Every constructor argument is JSON-serialisable and
+Encoder: optionally a space-to-depth fold of ``patch_size``-voxel blocks into channels (``patch_size`` 2: the
+network runs at half resolution from its first convolution and the latent is 2x smaller per axis more), conv
+in, then per level ``num_res_blocks`` residual blocks (self-attention after each block at the levels flagged
+in ``attention_levels``) and a stride-2 downsampling between levels; a middle block (residual, attention
+unless ``mid_attention`` is off, residual); GroupNorm, SiLU and a 3x3 conv to ``2 * latent_channels``
+(posterior mean and log-variance). The decoder mirrors it and ends with the depth-to-space unfold. Every constructor argument is JSON-serialisable and
 :attr:`AutoencoderKL.config` returns them, so a bundle can rebuild the network from its manifest.
 """
 
@@ -14,8 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import (Conv3d, Downsample, ResBlock, SelfAttention, Upsample, level_settings, norm_silu,
-                     run_blocks)
+from .layers import (Conv3d, DepthToSpace, Downsample, ResBlock, SelfAttention, SpaceToDepth, Upsample,
+                     level_settings, norm_silu, run_blocks)
 
 
 class _Head(nn.Module):
@@ -44,6 +46,8 @@ class AutoencoderKL(nn.Module):
         attention_levels: per level, whether residual blocks are followed by self-attention.
         norm_groups / norm_eps: GroupNorm settings.
         attention_head_channels: channels per attention head (``None``: one head).
+        patch_size: space-to-depth factor at the input (and depth-to-space at the output); 1 = none.
+        mid_attention: self-attention in the middle blocks of encoder and decoder.
     """
 
     def __init__(
@@ -57,6 +61,8 @@ class AutoencoderKL(nn.Module):
         norm_groups: int = 8,
         norm_eps: float = 1e-6,
         attention_head_channels: int | None = None,
+        patch_size: int = 1,
+        mid_attention: bool = True,
     ) -> None:
         super().__init__()
         channels, attention_levels = level_settings(channels, attention_levels, norm_groups)
@@ -65,8 +71,14 @@ class AutoencoderKL(nn.Module):
             num_res_blocks=num_res_blocks, attention_levels=attention_levels, norm_groups=norm_groups,
             norm_eps=norm_eps, attention_head_channels=attention_head_channels,
         )
+        patch_size = int(patch_size)
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be at least 1, got {patch_size}")
+        if patch_size != 1 or not mid_attention:  # older manifests lack these keys; keep their config unchanged
+            self._config.update(patch_size=patch_size, mid_attention=bool(mid_attention))
         self.latent_channels = latent_channels
-        self.downsampling = 2 ** (len(channels) - 1)
+        self.patch_size = patch_size
+        self.downsampling = patch_size * 2 ** (len(channels) - 1)
 
         def res(cin, cout):
             return ResBlock(cin, cout, norm_groups, norm_eps)
@@ -74,7 +86,11 @@ class AutoencoderKL(nn.Module):
         def attn(c):
             return SelfAttention(c, attention_head_channels, norm_groups, norm_eps)
 
-        enc: list[nn.Module] = [Conv3d(in_channels, channels[0], 3, padding=1)]
+        def mid(c):
+            return [res(c, c), attn(c), res(c, c)] if mid_attention else [res(c, c), res(c, c)]
+
+        fold = [SpaceToDepth(patch_size)] if patch_size > 1 else []
+        enc: list[nn.Module] = fold + [Conv3d(in_channels * patch_size ** 3, channels[0], 3, padding=1)]
         cin = channels[0]
         for level, cout in enumerate(channels):
             for _ in range(num_res_blocks):
@@ -84,11 +100,11 @@ class AutoencoderKL(nn.Module):
                     enc.append(attn(cout))
             if level < len(channels) - 1:
                 enc.append(Downsample(cout))
-        enc += [res(cin, cin), attn(cin), res(cin, cin), _Head(cin, 2 * latent_channels, norm_groups, norm_eps)]
+        enc += mid(cin) + [_Head(cin, 2 * latent_channels, norm_groups, norm_eps)]
         self.encoder = nn.ModuleList(enc)
 
         top = channels[-1]
-        dec: list[nn.Module] = [Conv3d(latent_channels, top, 3, padding=1), res(top, top), attn(top), res(top, top)]
+        dec: list[nn.Module] = [Conv3d(latent_channels, top, 3, padding=1)] + mid(top)
         cin = top
         for level in reversed(range(len(channels))):
             cout = channels[level]
@@ -99,7 +115,9 @@ class AutoencoderKL(nn.Module):
                     dec.append(attn(cout))
             if level > 0:
                 dec.append(Upsample(cout))
-        dec.append(_Head(cin, out_channels, norm_groups, norm_eps))
+        dec.append(_Head(cin, out_channels * patch_size ** 3, norm_groups, norm_eps))
+        if patch_size > 1:
+            dec.append(DepthToSpace(patch_size))
         self.decoder = nn.ModuleList(dec)
 
     @property

@@ -1,8 +1,31 @@
 """Harmonize a preprocessed volume toward a target style.
 
-Path per volume (method.md, "Inference"): encode ``z = sf * E(x)``; fuse ``z = AdaIN(z, style)``; DDIM
-inversion over ``inversion_steps`` UNet calls conditioned on the style latent; DDIM sampling back over
-``sampling_steps`` calls; decode ``D(z / sf)``; clamp to [0, 1]; zero outside the mask.
+Path per volume (method.md, "Inference"): encode ``z = sf * E(x)``; fuse ``z = AdaIN(z, style)``; move the
+latent with the diffusion model as the :class:`Regime` says; decode ``D(z / sf)``; optionally add back the
+input's detail that the autoencoder loses and match the brain histogram to the target's; clamp to [0, 1];
+zero outside the mask.
+
+Regimes (``Regime.kind``), ``t* = round(strength * (T - 1))`` on the training schedule:
+
+* ``full``: DDIM inversion to ``t*`` over ``inversion_steps`` UNet calls and DDIM sampling back over
+  ``sampling_steps`` calls, both conditioned on the target style (method.md; with ``strength`` 1 the full
+  inversion of the first releases). With an exact schedule the two halves cancel for ``t*`` well below
+  T, and the output is the decoded fused latent.
+* ``research``: the research code's effective regime, reproduced on purpose: its DDIM arithmetic uses a
+  schedule built with 50 training steps (same beta range) while the network was trained on 1000, inverts
+  30 steps of size 1 (to t = 30 of that schedule), then samples 10 steps of size 5 starting at t = 45;
+  the UNet is called with these small timesteps unchanged, the clean-latent estimate is clipped to
+  [-1, 1] and the last step goes to abar = 1.
+* ``dual``: dual conditions (DDIB): DDIM inversion of the source latent to ``t*`` conditioned on the
+  source's own style (its latent as the condition), DDIM sampling conditioned on the target's.
+* ``sdedit``: stochastic partial noising (SDEdit): ``z_t* = sqrt(abar) z + sqrt(1 - abar) eps`` with seeded
+  noise, then DDIM sampling under the target condition over ``sampling_steps`` calls (one call returns the
+  model's clean-latent estimate, the posterior mean; more calls give a sharper sample).
+* ``adain``: no diffusion: the decoded fused latent (the floor the diffusion model has to beat).
+
+``detail`` re-injects the input's high frequencies that the autoencoder loses, ``x - D(E(x))`` times the
+gain; ``calibrate`` maps the output's brain intensities by quantiles onto the target's histogram (the site's
+stored training histogram, or the reference image's own).
 
 Cost decisions: a target style is encoded once and cached (by the sha256 of the reference volume); a site
 prototype needs no encoding at all; only the final latent is decoded; on CPU the networks run in
@@ -15,15 +38,109 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
 
+from .ddim import NoiseSchedule
 from .errors import InputVolumeError, UnknownSiteError
 from .fusion import adain, channel_stats
 
 ProgressFn = Callable[[str, int, int], None]
+
+REGIMES = ("full", "research", "dual", "sdedit", "adain")
+#: Bins of the brain-intensity histograms used for calibration (the same as the reports' site histograms).
+HISTOGRAM_BINS = 64
+#: The research code's inference schedule: built with 50 training steps; 30 inversion steps of size 1,
+#: then 10 sampling steps of size 5 from t = 45.
+RESEARCH_TRAIN_STEPS, RESEARCH_INVERSION, RESEARCH_SAMPLING = 50, 30, 10
+
+
+@dataclass(frozen=True)
+class Regime:
+    """How the diffusion model moves the latent at inference (see the module docstring).
+
+    Attributes:
+        kind: one of :data:`REGIMES`.
+        strength: fraction of the diffusion ``t* / (T - 1)`` in (0, 1] (full, dual, sdedit).
+        inversion_steps / sampling_steps: UNet calls of each half (sdedit only samples).
+        detail: gain of the re-injected input detail ``x - D(E(x))`` (0: none).
+        calibrate: quantile-map the output's brain intensities onto the target's histogram.
+        z0_clip: clamp each clean-latent estimate to ``[-z0_clip, z0_clip]`` (full, dual, sdedit).
+        readapt_condition: before every UNet call replace the condition by ``AdaIN(condition, z)``.
+    """
+
+    kind: str = "full"
+    strength: float = 1.0
+    inversion_steps: int = 30
+    sampling_steps: int = 10
+    detail: float = 0.0
+    calibrate: bool = False
+    z0_clip: float | None = None
+    readapt_condition: bool = False
+
+    def __post_init__(self):
+        if self.kind not in REGIMES:
+            raise ValueError(f"unknown inference regime {self.kind!r}; choose one of {', '.join(REGIMES)}")
+        if not 0.0 < float(self.strength) <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+        if self.inversion_steps < 1 or self.sampling_steps < 1:
+            raise ValueError("inversion_steps and sampling_steps must be at least 1")
+        if self.detail < 0:
+            raise ValueError(f"detail gain must be non-negative, got {self.detail}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Regime":
+        """A regime from a manifest's ``inference`` block (unknown keys are an error; missing keys default)."""
+        d = dict(d or {})
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown inference settings {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+    def t_end(self, num_train_timesteps: int) -> int:
+        return max(1, int(round(float(self.strength) * (num_train_timesteps - 1))))
+
+    def unet_calls(self) -> int:
+        """UNet evaluations per volume."""
+        if self.kind == "adain":
+            return 0
+        if self.kind == "sdedit":
+            return self.sampling_steps
+        if self.kind == "research":
+            return RESEARCH_INVERSION + RESEARCH_SAMPLING
+        return self.inversion_steps + self.sampling_steps
+
+
+def brain_histogram(vol: np.ndarray, mask: np.ndarray, bins: int = HISTOGRAM_BINS):
+    """Density of the brain intensities on ``bins`` equal bins of [0, 1]: ``(edges, density)``."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    values = np.clip(np.asarray(vol, dtype=np.float64)[np.asarray(mask) > 0], 0.0, 1.0)
+    density, _ = np.histogram(values, bins=edges, density=True)
+    return edges, density
+
+
+def match_histogram(vol: np.ndarray, mask: np.ndarray, edges, density) -> np.ndarray:
+    """Map the intensities inside ``mask`` by quantiles onto the distribution ``density`` on ``edges``
+    (ranks, so ties keep their order of appearance); voxels outside ``mask`` are returned unchanged."""
+    edges, density = np.asarray(edges, float), np.clip(np.asarray(density, float), 0.0, None)
+    cdf = np.concatenate([[0.0], np.cumsum(density * np.diff(edges))])
+    if not cdf[-1] > 0:
+        raise ValueError("target histogram is empty")
+    cdf /= cdf[-1]
+    out = np.array(vol, dtype=np.float32, copy=True)
+    inside = np.asarray(mask) > 0
+    values = out[inside]
+    if values.size == 0:
+        return out
+    ranks = (np.argsort(np.argsort(values, kind="stable"), kind="stable") + 0.5) / values.size
+    out[inside] = np.interp(ranks, cdf, edges).astype(np.float32)
+    return out
 
 
 @dataclass(frozen=True)
@@ -34,12 +151,14 @@ class Style:
         latent: ``(1, C, d, h, w)`` scaled latent, the UNet condition.
         channel_mean / channel_std: ``(C,)`` statistics imposed on the source latent by AdaIN.
         source: ``"site:<label>"`` or ``"reference:<sha256 of the reference volume>"`` (for provenance).
+        histogram: ``(edges, density)`` of the target's brain intensities on [0, 1] (for calibration), or None.
     """
 
     latent: torch.Tensor
     channel_mean: torch.Tensor
     channel_std: torch.Tensor
     source: str
+    histogram: tuple | None = None
 
 
 def _volume_sha256(vol: np.ndarray) -> str:
@@ -75,6 +194,9 @@ class Harmonizer:
         self._style_cache: dict[str, Style] = {}
         #: seconds spent in each stage by the last harmonize call: encode, inversion, sampling, decode
         self.last_timings: dict[str, float] = {}
+        #: the bundle's default inference regime (its manifest's ``inference`` block; the full inversion with
+        #: 30 + 10 steps for bundles without one)
+        self.default_regime = Regime.from_dict(bundle.manifest.get("inference"))
 
     # ----------------------------------------------------------------------------------- helpers
 
@@ -126,9 +248,11 @@ class Harmonizer:
             known = ", ".join(sorted(self.bundle.prototypes)) or "none"
             raise UnknownSiteError(f"unknown target site {name!r}; sites of model {self.bundle.path}: {known}")
         stats = self.bundle.prototype_stats[name]
+        hist = ((self.bundle.manifest.get("sites") or {}).get(name) or {}).get("intensity_histogram")
+        histogram = (np.asarray(hist["edges"], float), np.asarray(hist["density"], float)) if hist else None
         return Style(latent=self.bundle.prototypes[name].to(self.device, torch.float32),
                      channel_mean=stats["channel_mean"].to(self.device), channel_std=stats["channel_std"].to(self.device),
-                     source=f"site:{name}")
+                     source=f"site:{name}", histogram=histogram)
 
     def style_from_volume(self, vol) -> Style:
         """The style of a preprocessed reference volume (encoded once per distinct volume)."""
@@ -138,40 +262,57 @@ class Harmonizer:
             z = self.encode(self._to_device([arr]))
             mean, std = channel_stats(z)
             self._style_cache[key] = Style(latent=z, channel_mean=mean.flatten(), channel_std=std.flatten(),
-                                           source=f"reference:{key}")
+                                           source=f"reference:{key}", histogram=brain_histogram(arr, arr > 0))
         return self._style_cache[key]
 
     # ----------------------------------------------------------------------------------- harmonize
 
-    def harmonize(self, vol, style: Style, *, inversion_steps: int = 30, sampling_steps: int = 10, seed: int = 0,
-                  mask=None, readapt_condition: bool = False, progress: ProgressFn | None = None,
+    def resolve_regime(self, regime: Regime | str | None = None, **overrides) -> Regime:
+        """The regime to run: ``regime`` (a :class:`Regime`, a kind name taking the bundle default's other
+        settings, or None for the bundle default) with the non-None ``overrides`` applied."""
+        base = self.default_regime
+        if isinstance(regime, str):
+            base = replace(base, kind=regime)
+        elif regime is not None:
+            base = regime
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return replace(base, **changes) if changes else base
+
+    def harmonize(self, vol, style: Style, *, regime: Regime | str | None = None, inversion_steps: int | None = None,
+                  sampling_steps: int | None = None, strength: float | None = None, seed: int = 0, mask=None,
+                  readapt_condition: bool | None = None, progress: ProgressFn | None = None,
                   t_end: int | None = None, z0_clip: float | None = None) -> np.ndarray:
         """Harmonize one ``(D, H, W)`` float32 volume in [0, 1]; returns a float32 array of the same shape.
 
         Args:
             style: from :meth:`style_from_site` or :meth:`style_from_volume`.
+            regime: how the diffusion model is used (default: the bundle's ``inference`` block); the keyword
+                arguments below, when given, override its fields.
             inversion_steps / sampling_steps: UNet calls of DDIM inversion and of DDIM sampling.
-            seed: seeds torch's generators during the call, without disturbing the caller's (the path itself,
-                posterior mean and DDIM with eta = 0, draws no random numbers).
-            mask: optional ``(D, H, W)`` brain mask; the output is zero outside it.
+            strength: fraction of the diffusion, ``t* = round(strength * (T - 1))``.
+            seed: seeds the SDEdit noise and torch's generators during the call, without disturbing the
+                caller's (the other regimes, posterior mean and DDIM with eta = 0, draw no random numbers).
+            mask: optional ``(D, H, W)`` brain mask; the output is zero outside it, and calibration uses it
+                (default: ``vol > 0``).
             readapt_condition: before every UNet call replace the condition by ``AdaIN(condition, z)``.
             progress: ``progress(stage, done, total)`` with stage ``"inversion"`` or ``"sampling"``.
-            t_end: last timestep of the inversion and first of the sampling (default: the last training
-                timestep, abar = 1.4e-4, full inversion); smaller values keep more of the source, e.g.
-                t_end = 81 stops at abar = 0.86.
-            z0_clip: clamp the clean-latent estimate of every DDIM step to ``[-z0_clip, z0_clip]`` (off by
-                default: it makes inversion lossy).
+            t_end: last timestep of the inversion and first of the sampling; overrides ``strength``.
+            z0_clip: clamp the clean-latent estimate of every DDIM step to ``[-z0_clip, z0_clip]``.
         """
         masks = None if mask is None else [mask]
-        return self.harmonize_batch([vol], style, inversion_steps=inversion_steps, sampling_steps=sampling_steps,
-                                    seed=seed, masks=masks, readapt_condition=readapt_condition, progress=progress,
-                                    t_end=t_end, z0_clip=z0_clip)[0]
+        return self.harmonize_batch([vol], style, regime=regime, inversion_steps=inversion_steps,
+                                    sampling_steps=sampling_steps, strength=strength, seed=seed, masks=masks,
+                                    readapt_condition=readapt_condition, progress=progress, t_end=t_end,
+                                    z0_clip=z0_clip)[0]
 
-    def harmonize_batch(self, vols: Sequence, style: Style, *, inversion_steps: int = 30, sampling_steps: int = 10,
-                        seed: int = 0, masks: Sequence | None = None, readapt_condition: bool = False,
-                        progress: ProgressFn | None = None, t_end: int | None = None,
-                        z0_clip: float | None = None) -> list[np.ndarray]:
+    def harmonize_batch(self, vols: Sequence, style: Style, *, regime: Regime | str | None = None,
+                        inversion_steps: int | None = None, sampling_steps: int | None = None,
+                        strength: float | None = None, seed: int = 0, masks: Sequence | None = None,
+                        readapt_condition: bool | None = None, progress: ProgressFn | None = None,
+                        t_end: int | None = None, z0_clip: float | None = None) -> list[np.ndarray]:
         """Harmonize several volumes of one grid in one batch (worth it on a GPU); see :meth:`harmonize`."""
+        regime = self.resolve_regime(regime, inversion_steps=inversion_steps, sampling_steps=sampling_steps,
+                                     strength=strength, readapt_condition=readapt_condition, z0_clip=z0_clip)
         arrays = [self._check_volume(v) for v in vols]
         if len({a.shape for a in arrays}) != 1:
             raise InputVolumeError("all volumes of a batch must have the same grid")
@@ -186,53 +327,107 @@ class Harmonizer:
         if tuple(style.latent.shape[1:]) != tuple(latent):
             raise InputVolumeError(f"style latent {tuple(style.latent.shape[1:])} does not match the volume's latent "
                                    f"{tuple(latent)}; the reference/prototype was made on another grid")
+        if regime.calibrate and style.histogram is None:
+            raise InputVolumeError(f"calibration needs the target's intensity histogram, and {style.source} has "
+                                   f"none; use a bundle whose manifest stores the site's histogram")
+        t_star = regime.t_end(self.schedule.num_train_timesteps) if t_end is None else int(t_end)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
-            return self._harmonize_batch(arrays, style, inversion_steps, sampling_steps, masks, readapt_condition,
-                                         progress, t_end, z0_clip)
+            return self._harmonize_batch(arrays, style, regime, t_star, masks, progress, seed)
 
-    def _harmonize_batch(self, arrays, style, inversion_steps, sampling_steps, masks, readapt_condition, progress,
-                         t_end, z0_clip) -> list[np.ndarray]:
-        timings = {}
+    def _eps_model(self, cond: torch.Tensor, readapt: bool):
+        def eps_model(zt: torch.Tensor, t) -> torch.Tensor:
+            c = adain(cond, zt) if readapt else cond
+            with self._autocast():
+                eps = self.unet(zt.contiguous(memory_format=self.memory_format), t, c)
+            return eps.float()
+
+        return eps_model
+
+    def _condition(self, latent: torch.Tensor, n: int) -> torch.Tensor:
+        return latent.to(self.device).expand(n, -1, -1, -1, -1).contiguous(memory_format=self.memory_format)
+
+    def _research_path(self, z, eps_model, report, clip: float = 1.0):
+        """The research code's mismatched schedule (module docstring): invert 30 x 1, sample 10 x 5 from 45."""
+        abar = NoiseSchedule(RESEARCH_TRAIN_STEPS, **{k: v for k, v in self.schedule.config.items()
+                                                      if k != "num_train_timesteps"}).alphas_cumprod
+
+        def move(z, eps, a_t, a_s):
+            z0 = ((z - (1.0 - a_t) ** 0.5 * eps) / a_t ** 0.5).clamp_(-clip, clip)
+            return z0.mul_(a_s ** 0.5).add_(eps, alpha=(1.0 - a_s) ** 0.5)
+
+        inv = report("inversion", RESEARCH_INVERSION)
+        for i, t in enumerate(range(RESEARCH_INVERSION)):
+            z = move(z, eps_model(z, t), float(abar[t]), float(abar[t + 1]))
+            if inv:
+                inv(i)
+        stride = RESEARCH_TRAIN_STEPS // RESEARCH_SAMPLING
+        samp = report("sampling", RESEARCH_SAMPLING)
+        for i, t in enumerate(range(stride * (RESEARCH_SAMPLING - 1), -1, -stride)):
+            a_s = float(abar[t - stride]) if t - stride >= 0 else 1.0
+            z = move(z, eps_model(z, t), float(abar[t]), a_s)
+            if samp:
+                samp(i)
+        return z
+
+    def _harmonize_batch(self, arrays, style, regime: Regime, t_star: int, masks, progress, seed) -> list[np.ndarray]:
+        timings = {"encode": 0.0, "inversion": 0.0, "sampling": 0.0, "decode": 0.0}
+
+        def report(stage, total):
+            return None if progress is None else (lambda i: progress(stage, i + 1, total))
 
         t0 = time.perf_counter()
-        z = self.encode(self._to_device(arrays))
+        x = self._to_device(arrays)
+        z_src = self.encode(x)
         self._sync()
         timings["encode"] = time.perf_counter() - t0
 
         with torch.inference_mode():
-            z = adain(z, (style.channel_mean, style.channel_std))
-            cond = style.latent.to(self.device).expand(z.shape[0], -1, -1, -1, -1).contiguous(
-                memory_format=self.memory_format)
-
-            def eps_model(zt: torch.Tensor, t: int) -> torch.Tensor:
-                c = adain(cond, zt) if readapt_condition else cond
-                with self._autocast():
-                    eps = self.unet(zt.contiguous(memory_format=self.memory_format), t, c)
-                return eps.float()
-
-            def report(stage, total):
-                return None if progress is None else (lambda i: progress(stage, i + 1, total))
-
+            n = z_src.shape[0]
+            z = adain(z_src, (style.channel_mean, style.channel_std))
+            cond = self._condition(style.latent, n)
+            target_model = self._eps_model(cond, regime.readapt_condition)
+            clip = regime.z0_clip
+            kind = regime.kind
             t0 = time.perf_counter()
-            z = self.schedule.invert(z, eps_model, inversion_steps, t_end, callback=report("inversion", inversion_steps),
-                                     clip=z0_clip)
+            if kind == "full":
+                z = self.schedule.invert(z, target_model, regime.inversion_steps, t_star,
+                                         callback=report("inversion", regime.inversion_steps), clip=clip)
+            elif kind == "dual":
+                own = self._eps_model(z_src.clone().contiguous(memory_format=self.memory_format),
+                                      regime.readapt_condition)
+                z = self.schedule.invert(z_src, own, regime.inversion_steps, t_star,
+                                         callback=report("inversion", regime.inversion_steps), clip=clip)
+            elif kind == "sdedit":
+                gen = torch.Generator().manual_seed(int(seed))
+                noise = torch.randn(z.shape, generator=gen, dtype=torch.float32).to(self.device)
+                z = self.schedule.add_noise(z, noise, t_star)
             self._sync()
             timings["inversion"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            z = self.schedule.sample(z, eps_model, sampling_steps, t_end, callback=report("sampling", sampling_steps),
-                                     clip=z0_clip)
+            if kind in ("full", "dual", "sdedit"):
+                steps = min(regime.sampling_steps, t_star)
+                z = self.schedule.sample(z, target_model, steps, t_star, callback=report("sampling", steps), clip=clip)
+            elif kind == "research":
+                z = self._research_path(z, target_model, report)
             self._sync()
             timings["sampling"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            out = self.decode(z).clamp_(0.0, 1.0)[:, 0].cpu().numpy()
+            out = self.decode(z)
+            if regime.detail > 0:
+                out.add_(x.float() - self.decode(z_src), alpha=float(regime.detail))
+            out = out.clamp_(0.0, 1.0)[:, 0].cpu().numpy()
             timings["decode"] = time.perf_counter() - t0
         self.last_timings = timings
         results = []
         for i, arr in enumerate(out):
             arr = np.ascontiguousarray(arr, dtype=np.float32)
-            if masks is not None and masks[i] is not None:
-                arr[masks[i] <= 0] = 0.0
+            mask = masks[i] if masks is not None and masks[i] is not None else None
+            if regime.calibrate:
+                brain = (arrays[i] > 0) if mask is None else (mask > 0)
+                arr = match_histogram(arr, brain, *style.histogram)
+            if mask is not None:
+                arr[mask <= 0] = 0.0
             results.append(arr)
         return results

@@ -333,6 +333,42 @@ class Upsample(nn.Module):
         return out
 
 
+class SpaceToDepth(nn.Module):
+    """Fold each ``p x p x p`` block of voxels into channels: ``(N, C, D, H, W) -> (N, C p^3, D/p, H/p, W/p)``.
+
+    Lossless and free of arithmetic: a network that starts with it runs its first convolutions at ``1/p`` of
+    the resolution (``p^3`` times fewer positions) while still seeing every voxel.
+    """
+
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        self.factor = int(factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.factor
+        n, c, d, h, w = x.shape
+        if d % p or h % p or w % p:
+            raise ValueError(f"grid {(d, h, w)} is not divisible by the space-to-depth factor {p}")
+        x = x.reshape(n, c, d // p, p, h // p, p, w // p, p).permute(0, 1, 3, 5, 7, 2, 4, 6)
+        out = x.reshape(n, c * p ** 3, d // p, h // p, w // p)
+        return out.contiguous(memory_format=torch.channels_last_3d) if x.device.type == "cpu" else out.contiguous()
+
+
+class DepthToSpace(nn.Module):
+    """Inverse of :class:`SpaceToDepth`: ``(N, C p^3, d, h, w) -> (N, C, d p, h p, w p)``."""
+
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        self.factor = int(factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.factor
+        n, cp, d, h, w = x.shape
+        c = cp // p ** 3
+        x = x.reshape(n, c, p, p, p, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
+        return x.reshape(n, c, d * p, h * p, w * p).contiguous()
+
+
 def level_settings(channels, attention_levels, norm_groups: int) -> tuple[list[int], list[bool]]:
     """Channels and attention flags per level as plain lists, checked against each other and GroupNorm."""
     channels = [int(c) for c in channels]

@@ -8,6 +8,11 @@ Levels: ``num_res_blocks`` residual blocks on the way down (each followed by sel
 flagged in ``attention_levels``), a middle block (residual, attention, residual), ``num_res_blocks + 1``
 residual blocks on the way up that take the skip connections, and GroupNorm, SiLU and a zero-initialised
 3x3 conv out. Every residual block receives an MLP of a sinusoidal embedding of the timestep.
+
+With ``patch_size`` p > 1 the input is folded space-to-depth (p x p x p latent voxels into channels) before
+the first convolution and the output unfolded after the last, as vision transformers "patchify": the UNet
+then runs at 1/p of the latent resolution, p^3 times fewer positions, and a latent axis must be divisible by
+``p * 2 ** (len(channels) - 1)``.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import (Conv3d, Downsample, ResBlock, SelfAttention, Upsample, level_settings, norm_silu,
-                     timestep_embedding)
+from .layers import (Conv3d, DepthToSpace, Downsample, ResBlock, SelfAttention, SpaceToDepth, Upsample,
+                     level_settings, norm_silu, timestep_embedding)
 
 
 class DiffusionUNet(nn.Module):
@@ -44,6 +49,7 @@ class DiffusionUNet(nn.Module):
         head_channels: int = 64,
         norm_groups: int = 32,
         norm_eps: float = 1e-6,
+        patch_size: int = 1,
     ) -> None:
         super().__init__()
         channels, attention_levels = level_settings(channels, attention_levels, norm_groups)
@@ -52,7 +58,15 @@ class DiffusionUNet(nn.Module):
             attention_levels=attention_levels, head_channels=head_channels, norm_groups=norm_groups,
             norm_eps=norm_eps,
         )
-        self.downsampling = 2 ** (len(channels) - 1)
+        patch_size = int(patch_size)
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be at least 1, got {patch_size}")
+        if patch_size != 1:  # older manifests lack the key; keep their config unchanged
+            self._config["patch_size"] = patch_size
+        self.patch_size = patch_size
+        self.fold = SpaceToDepth(patch_size) if patch_size > 1 else None
+        self.unfold = DepthToSpace(patch_size) if patch_size > 1 else None
+        self.downsampling = patch_size * 2 ** (len(channels) - 1)
         self.out_channels = out_channels
         temb = 4 * channels[0]
         self.time_embed = nn.Sequential(nn.Linear(channels[0], temb), nn.SiLU(), nn.Linear(temb, temb))
@@ -63,7 +77,7 @@ class DiffusionUNet(nn.Module):
         def attn(c):
             return SelfAttention(c, min(head_channels, c), norm_groups, norm_eps)
 
-        self.conv_in = Conv3d(in_channels, channels[0], 3, padding=1)
+        self.conv_in = Conv3d(in_channels * patch_size ** 3, channels[0], 3, padding=1)
         skip_channels = [channels[0]]
         self.down = nn.ModuleList()
         cin = channels[0]
@@ -97,7 +111,7 @@ class DiffusionUNet(nn.Module):
             self.up.append(stage)
 
         self.out_norm = nn.GroupNorm(norm_groups, cin, eps=norm_eps)
-        self.out_conv = Conv3d(cin, out_channels, 3, padding=1)
+        self.out_conv = Conv3d(cin, out_channels * patch_size ** 3, 3, padding=1)
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
 
@@ -129,7 +143,7 @@ class DiffusionUNet(nn.Module):
             t = t.expand(sample.shape[0])
         temb = self.time_embed(timestep_embedding(t, self.conv_in.out_channels).to(self.time_embed[0].weight.dtype))
 
-        h = self.conv_in(sample)
+        h = self.conv_in(sample if self.fold is None else self.fold(sample))
         skips = [h]
         for stage in self.down:
             for res, attn in zip(stage.res, stage.attn):
@@ -143,4 +157,5 @@ class DiffusionUNet(nn.Module):
             for res, attn in zip(stage.res, stage.attn):
                 h = attn(res(torch.cat([h, skips.pop()], dim=1), temb))
             h = stage.upsample(h)
-        return self.out_conv(norm_silu(h, self.out_norm))
+        out = self.out_conv(norm_silu(h, self.out_norm))
+        return out if self.unfold is None else self.unfold(out)

@@ -7,7 +7,8 @@ intensities, bit-packed masks) and writes ``manifest_base.json`` (preprocessing 
 intensity histograms, data summary) so that :mod:`train_on_inputs` can train on a machine without the
 neuroimaging stack (e.g. a GPU node with only PyTorch).
 
-    PYTHONPATH=$PWD python scripts/demo_model/pack_inputs.py BIDS_DIR WORK_DIR DEST_DIR [--site-column site]
+    PYTHONPATH=$PWD python scripts/demo_model/pack_inputs.py BIDS_DIR WORK_DIR DEST_DIR [--site-column site] \
+        [--participant-label IXI033 ...]
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def main(argv=None) -> int:
     ap.add_argument("work_dir", type=Path)
     ap.add_argument("dest", type=Path)
     ap.add_argument("--site-column", default="site")
+    ap.add_argument("--participant-label", nargs="+", default=None,
+                    help="pack these participants only (with or without 'sub-'; default: all)")
     args = ap.parse_args(argv)
 
     from hcld_bids.bids.layout import collect_t1w, open_layout
@@ -36,6 +39,9 @@ def main(argv=None) -> int:
 
     layout = open_layout(args.bids_dir, database_dir=None, work_dir=args.work_dir, validate=False)
     records = resolve_sites(collect_t1w(layout), args.bids_dir, site_column=args.site_column)
+    if args.participant_label:
+        wanted = {p.removeprefix("sub-") for p in args.participant_label}
+        records = [r for r in records if r.subject in wanted]
     inputs = args.work_dir / "train" / "inputs"
     kept, volumes, masks = [], [], []
     for record in records:

@@ -27,6 +27,9 @@ class LoopConfig:
     checkpoint_every: int = 100
     progress: bool = True
     grad_clip: float | None = 1.0
+    # Exponential moving average of the trained network's weights (decay per optimizer step); the EMA copy
+    # is what a finished stage returns and what a bundle stores. None: no EMA.
+    ema_decay: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -58,6 +61,9 @@ class AutoencoderTrainConfig(LoopConfig):
     ssim_weight: float = 0.1  # stands in for the 0.1 perceptual loss (needs no pretrained download)
     adv_warmup_epochs: float = 5.0  # generator/discriminator adversarial terms start after this many epochs
     patch_size: tuple[int, int, int] | None = None  # random 3D patches; None = whole volumes
+    # Probability that a training item is re-rendered with a random simulated site effect (contrast curve,
+    # blur, noise; the ``augment`` callable given to train_autoencoder) so that unseen styles reconstruct.
+    augment_prob: float = 0.0
     scale_factor_images: int = 8  # training images whose latents set scale_factor = 1 / std
 
 

@@ -33,8 +33,8 @@ def random_patch(volume: torch.Tensor, size: Sequence[int], generator: torch.Gen
 
 def image_batch(volumes: Sequence, indices: Sequence[int], patch_size: Sequence[int] | None,
                 generator: torch.Generator) -> torch.Tensor:
-    """``(B, 1, D, H, W)``: patches or whole volumes of the given items."""
-    items = [volume_tensor(volumes[i]) for i in indices]
+    """``(B, 1, D, H, W)``: patches or whole volumes of the given items (``indices`` None: all of ``volumes``)."""
+    items = [volume_tensor(volumes[i]) for i in (range(len(volumes)) if indices is None else indices)]
     if patch_size is not None:
         items = [random_patch(v, patch_size, generator) for v in items]
     elif len({tuple(v.shape) for v in items}) > 1:

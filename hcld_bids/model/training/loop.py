@@ -23,6 +23,10 @@ from .config import LoopConfig
 from .distributed import DistContext
 
 HISTORY = "history.csv"
+#: Settings that may change between a checkpoint and its resumption: how long and how the work is cut into
+#: batches and precision (a CPU state resumed on a GPU with larger batches), not what is learned.
+RESUMABLE_CHANGES = ("steps", "epochs", "checkpoint_every", "progress", "batch_size", "grad_accum", "amp",
+                     "amp_dtype")
 
 
 class WarmupCosine:
@@ -100,6 +104,9 @@ class TrainingRun:
         self.models: dict[str, torch.nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
+        #: name of the model (in :attr:`models`) whose weights get an exponential moving average
+        self.ema_model: str | None = None
+        self.ema: dict[str, torch.Tensor] | None = None
 
     # -------------------------------------------------------------------------------- randomness
 
@@ -133,6 +140,30 @@ class TrainingRun:
         self.scaler.step(opt)
         if name in self.schedulers:
             self.schedulers[name].step()
+        if name == self.ema_model and self.cfg.ema_decay:
+            self._update_ema(model)
+
+    # -------------------------------------------------------------------------------- EMA
+
+    @torch.no_grad()
+    def _update_ema(self, model: torch.nn.Module) -> None:
+        from .distributed import unwrap
+
+        state = unwrap(model).state_dict()
+        if self.ema is None:
+            self.ema = {k: v.detach().clone().float() for k, v in state.items()}
+            return
+        # the usual warm-up of the decay, so that early EMA weights are not dominated by the initialisation
+        decay = min(float(self.cfg.ema_decay), (1.0 + self.step) / (10.0 + self.step))
+        for k, v in state.items():
+            if v.dtype.is_floating_point:
+                self.ema[k].lerp_(v.float(), 1.0 - decay)
+            else:
+                self.ema[k].copy_(v)
+
+    def averaged_state(self) -> dict[str, torch.Tensor] | None:
+        """The EMA weights of :attr:`ema_model` (``None`` without EMA or before the first step)."""
+        return None if self.ema is None else {k: v.clone() for k, v in self.ema.items()}
 
     # -------------------------------------------------------------------------------- state
 
@@ -157,6 +188,7 @@ class TrainingRun:
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "scaler": self.scaler.state_dict(),
             "extra": self.extra_state(),
+            "ema": self.ema if self.ema is not None else {},
         }
 
     def _restore(self, ckpt: dict) -> None:
@@ -167,18 +199,29 @@ class TrainingRun:
             raise CheckpointError(f"{path}: checkpoint of stage {ckpt.get('stage')!r}, not {self.stage!r}; use "
                                   f"another work directory")
         old, new = ckpt.get("config", {}), self.config_dict()
-        keys = [k for k in new if k not in ("steps", "epochs", "checkpoint_every", "progress")]
+        keys = [k for k in new if k not in RESUMABLE_CHANGES]
         changed = [k for k in keys if k in old and old[k] != new[k]]
         if changed:
             raise CheckpointError(f"{path}: the configuration changed since the checkpoint ({', '.join(changed)}); "
                                   f"restore it or start in a new work directory")
-        for k, m in self.models.items():
-            unwrap(m).load_state_dict(ckpt["models"][k])
-        for k, o in self.optimizers.items():
-            o.load_state_dict(ckpt["optimizers"][k])
-        for k, s in self.schedulers.items():
-            s.load_state_dict(ckpt["schedulers"][k])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        try:
+            for k, m in self.models.items():
+                unwrap(m).load_state_dict(ckpt["models"][k])
+            for k, o in self.optimizers.items():
+                o.load_state_dict(ckpt["optimizers"][k])
+            for k, s in self.schedulers.items():
+                s.load_state_dict(ckpt["schedulers"][k])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            ema = ckpt.get("ema") or None
+            if ema is not None:
+                own = unwrap(self.models[self.ema_model]).state_dict() if self.ema_model else {}
+                if set(ema) != set(own) or any(ema[k].shape != own[k].shape for k in own):
+                    raise ValueError("EMA weights of another network")
+            self.ema = None if ema is None else {k: v.to(self.device).float() for k, v in ema.items()}
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: the checkpoint does not fit this network ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:200]}); use another work directory or delete it to "
+                                  f"start the stage afresh") from None
         self.load_extra_state(ckpt.get("extra", {}))
         set_rng_state(ckpt["rng"])
         self.step = int(ckpt["step"])
@@ -200,6 +243,8 @@ class TrainingRun:
         ckpt = load_checkpoint(self.workdir)
         if ckpt is not None:
             self._restore(ckpt)
+        if stop_after_steps == 0:  # only restore (e.g. to rebuild the trained networks from the checkpoint)
+            return self.step >= self.total_steps
         log = CsvLog(self.workdir / HISTORY, self.step, self.ctx.is_main)
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, dynamic_ncols=True,
                    disable=not (self.cfg.progress and self.ctx.is_main))

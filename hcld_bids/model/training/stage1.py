@@ -1,16 +1,21 @@
 """Stage 1: train the KL autoencoder with L1, KL, SSIM (perceptual stand-in) and a 3D PatchGAN.
 
 Per optimizer step and process: ``grad_accum`` micro-batches of ``batch_size`` random patches (or whole
-volumes). The adversarial terms (generator and discriminator) start after ``adv_warmup_epochs``.
+volumes). The adversarial terms (generator and discriminator) start after ``adv_warmup_epochs``. With
+``augment_prob`` > 0 each item is, with that probability, re-rendered by the ``augment`` callable (a random
+simulated acquisition: contrast, blur, noise) before the patch is cut, so that styles the training sites do
+not show still reconstruct. With ``ema_decay`` the returned autoencoder holds the moving average of the
+weights.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import losses
@@ -33,9 +38,13 @@ class AutoencoderResult:
 class _Stage1(TrainingRun):
     stage = "autoencoder"
 
-    def __init__(self, volumes: Sequence, cfg: AutoencoderTrainConfig, workdir, ctx: DistContext) -> None:
+    def __init__(self, volumes: Sequence, cfg: AutoencoderTrainConfig, workdir, ctx: DistContext,
+                 augment: Callable | None = None) -> None:
         super().__init__(cfg, workdir, ctx, len(volumes))
+        if cfg.augment_prob > 0 and augment is None:
+            raise ValueError("augment_prob > 0 needs an augment callable")
         self.volumes = volumes
+        self.augment = augment
         torch.manual_seed(cfg.seed)
         ae = AutoencoderKL(**cfg.autoencoder).to(self.device)
         disc = losses.PatchDiscriminator3D(1, cfg.disc_channels, cfg.disc_layers).to(self.device)
@@ -44,12 +53,26 @@ class _Stage1(TrainingRun):
             disc = disc.to(memory_format=torch.channels_last_3d)
         self.ae, self.disc = ctx.wrap(ae), ctx.wrap(disc)
         self.models = {"autoencoder": self.ae, "discriminator": self.disc}
+        self.ema_model = "autoencoder"
         self.optimizers = {"autoencoder": torch.optim.Adam(self.ae.parameters(), lr=cfg.lr),
                            "discriminator": torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr)}
         self.schedulers = {k: self.lr_schedule(o) for k, o in self.optimizers.items()}
 
     def _sync(self, model, last: bool):
         return contextlib.nullcontext() if last or not self.ctx.enabled else model.no_sync()
+
+    def _items(self, step: int, micro: int) -> list:
+        """The volumes of one micro-batch, each re-rendered by ``augment`` with probability ``augment_prob``."""
+        items = []
+        gen = self.generator(step, micro, "augment")
+        for i in self.item_indices(step, micro):
+            vol = self.volumes[i]
+            draw = float(torch.rand((), generator=gen))
+            seed = int(torch.randint(0, 2 ** 62, (), generator=gen))
+            if self.cfg.augment_prob > 0 and draw < self.cfg.augment_prob:
+                vol = self.augment(np.asarray(vol, dtype=np.float32), np.random.default_rng(seed))
+            items.append(vol)
+        return items
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.cfg
@@ -61,7 +84,7 @@ class _Stage1(TrainingRun):
         for micro in range(cfg.grad_accum):
             last = micro == cfg.grad_accum - 1
             gen = self.generator(step, micro, "data")
-            x = image_batch(self.volumes, self.item_indices(step, micro), cfg.patch_size, gen).to(self.device)
+            x = image_batch(self._items(step, micro), None, cfg.patch_size, gen).to(self.device)
             if self.device.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             with self._sync(self.ae, last), self.autocast():
@@ -95,7 +118,8 @@ class _Stage1(TrainingRun):
 
 
 def train_autoencoder(volumes: Sequence, cfg: AutoencoderTrainConfig, workdir, *, device=None,
-                      stop_after_steps: int | None = None, time_limit_s: float | None = None) -> AutoencoderResult:
+                      stop_after_steps: int | None = None, time_limit_s: float | None = None,
+                      augment: Callable | None = None) -> AutoencoderResult:
     """Train (or resume training of) the autoencoder in ``workdir``.
 
     Args:
@@ -104,14 +128,21 @@ def train_autoencoder(volumes: Sequence, cfg: AutoencoderTrainConfig, workdir, *
         workdir: holds ``checkpoint.pt`` (resumed from when present) and ``history.csv``.
         device: default CUDA when available; under torchrun each process takes its LOCAL_RANK GPU.
         stop_after_steps / time_limit_s: end this call early (after a checkpoint); call again to continue.
+        augment: ``augment(volume, numpy_generator) -> volume`` for ``cfg.augment_prob`` (e.g.
+            :func:`hcld_bids.simulate.restyle_model_volume` with a random site).
 
     Returns the (unwrapped, eval-mode) autoencoder, the latent scale factor ``1 / std`` of the latents of
     the first ``cfg.scale_factor_images`` volumes, the CSV path and whether all steps are done.
     """
     ctx = setup(device)
-    run = _Stage1(volumes, cfg, workdir, ctx)
+    run = _Stage1(volumes, cfg, workdir, ctx, augment)
     complete = run.run(stop_after_steps, time_limit_s)
-    ae = unwrap(run.ae).eval()
+    ae = unwrap(run.ae)
+    averaged = run.averaged_state()
+    if averaged is not None:
+        ae = AutoencoderKL(**cfg.autoencoder).to(ctx.device)
+        ae.load_state_dict(averaged)
+    ae = ae.eval()
     n = min(len(volumes), cfg.scale_factor_images)
     scale = compute_scale_factor(ae, [volumes[i] for i in range(n)], ctx.device)
     return AutoencoderResult(ae, scale, Path(workdir) / HISTORY, complete)

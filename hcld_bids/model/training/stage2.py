@@ -112,6 +112,7 @@ class _Stage2(TrainingRun):
         disc = losses.LatentStyleDiscriminator(latents.shape[1], tuple(cfg.disc_channels)).to(self.device)
         self.unet, self.disc = ctx.wrap(unet), ctx.wrap(disc)
         self.models = {"unet": self.unet, "discriminator": self.disc}
+        self.ema_model = "unet"
         self.optimizers = {"unet": torch.optim.Adam(self.unet.parameters(), lr=cfg.lr),
                            "discriminator": torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr,
                                                              betas=tuple(cfg.disc_betas))}
@@ -241,5 +242,10 @@ def train_ldm(data, site_labels: Sequence[str], cfg: LDMTrainConfig, workdir, *,
         latents = cached_latents(autoencoder.to(ctx.device), data, scale_factor, workdir, ctx.device)
     run = _Stage2(latents, site_labels, cfg, workdir, ctx, autoencoder, scale_factor, volumes, masks, prototypes)
     complete = run.run(stop_after_steps, time_limit_s)
-    return LDMResult(unwrap(run.unet).eval(), unwrap(run.disc).eval(), run.prototypes, run.schedule,
+    unet = unwrap(run.unet)
+    averaged = run.averaged_state()
+    if averaged is not None:  # the moving average of the weights is the trained network
+        unet = DiffusionUNet(**unet.config).to(ctx.device)
+        unet.load_state_dict(averaged)
+    return LDMResult(unet.eval(), unwrap(run.disc).eval(), run.prototypes, run.schedule,
                      Path(workdir) / HISTORY, complete)

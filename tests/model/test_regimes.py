@@ -1,0 +1,160 @@
+"""Inference regimes of the Harmonizer, detail re-injection and calibration, on tiny networks."""
+
+import numpy as np
+import pytest
+import torch
+
+from hcld_bids.model import Harmonizer, compute_site_prototype, load_bundle, save_bundle
+from hcld_bids.model.harmonize import REGIMES, Regime, brain_histogram, match_histogram
+
+GRID = (16, 32, 16)
+
+
+def _volume(seed=5):
+    rng = np.random.default_rng(seed)
+    vol = rng.random(GRID, dtype=np.float32)
+    vol[:2] = 0.0  # some background
+    return vol
+
+
+@pytest.fixture
+def bundle_dir(tmp_path, tiny_models):
+    ae, unet = tiny_models
+    vols = [_volume(i) for i in range(2)]
+    edges, density = brain_histogram(np.full(GRID, 0.8, np.float32) * np.linspace(0.2, 1, GRID[2]), np.ones(GRID))
+    hist = {"edges": edges.tolist(), "density": density.tolist()}
+    save_bundle(tmp_path / "b", ae, unet, 1.3, {"A": compute_site_prototype(ae, vols, 1.3)},
+                {"sites": {"A": {"intensity_histogram": hist, "n_images": 2}},
+                 "inference": {"kind": "sdedit", "strength": 0.3, "sampling_steps": 2, "calibrate": True}})
+    return tmp_path / "b"
+
+
+def test_bundle_inference_block_is_the_default_regime(bundle_dir):
+    h = Harmonizer(load_bundle(bundle_dir))
+    assert h.default_regime == Regime(kind="sdedit", strength=0.3, sampling_steps=2, calibrate=True)
+    # keyword arguments override single fields; a kind name keeps the default's other settings
+    assert h.resolve_regime(strength=0.5).strength == 0.5
+    assert h.resolve_regime("full").kind == "full" and h.resolve_regime("full").calibrate
+
+
+def test_bundle_without_inference_block_keeps_the_full_inversion(tmp_path, tiny_models):
+    ae, unet = tiny_models
+    save_bundle(tmp_path / "old", ae, unet, 1.0, {"A": compute_site_prototype(ae, [_volume()], 1.0)})
+    h = Harmonizer(load_bundle(tmp_path / "old"))
+    assert h.default_regime == Regime(kind="full", strength=1.0, inversion_steps=30, sampling_steps=10)
+
+
+@pytest.mark.parametrize("kind", REGIMES)
+def test_every_regime_runs_is_deterministic_and_masked(bundle_dir, kind):
+    h = Harmonizer(load_bundle(bundle_dir))
+    style = h.style_from_site("A")
+    mask = _volume() > 0
+    regime = Regime(kind=kind, strength=0.4, inversion_steps=3, sampling_steps=2)
+    a = h.harmonize(_volume(), style, regime=regime, mask=mask, seed=3)
+    b = h.harmonize(_volume(), style, regime=regime, mask=mask, seed=3)
+    assert a.shape == GRID and a.dtype == np.float32 and np.array_equal(a, b)
+    assert 0.0 <= a.min() and a.max() <= 1.0 and not a[~mask].any()
+
+
+def test_regimes_differ_from_each_other(bundle_dir):
+    h = Harmonizer(load_bundle(bundle_dir))
+    style = h.style_from_site("A")
+    outs = {k: h.harmonize(_volume(), style, regime=Regime(kind=k, strength=0.5, inversion_steps=3,
+                                                             sampling_steps=2)) for k in REGIMES}
+    for k in REGIMES:
+        for j in REGIMES:
+            if k < j:
+                assert not np.allclose(outs[k], outs[j]), (k, j)
+
+
+def test_sdedit_noise_follows_the_seed(bundle_dir):
+    h = Harmonizer(load_bundle(bundle_dir))
+    style = h.style_from_site("A")
+    regime = Regime(kind="sdedit", strength=0.8, sampling_steps=2)
+    assert not np.allclose(h.harmonize(_volume(), style, regime=regime, seed=1),
+                           h.harmonize(_volume(), style, regime=regime, seed=2))
+
+
+def test_full_detail_reinjection_returns_the_input_when_the_latent_is_unchanged(bundle_dir):
+    """With ``adain`` toward the image's own statistics the latent is unchanged, so ``D(z) + x - D(E(x)) = x``."""
+    h = Harmonizer(load_bundle(bundle_dir))
+    vol = _volume(7) * 0.8
+    own = h.style_from_volume(vol)
+    out = h.harmonize(vol, own, regime=Regime(kind="adain", detail=1.0))
+    np.testing.assert_allclose(out, vol, atol=1e-4)
+
+
+def test_calibration_maps_the_brain_onto_the_target_histogram(bundle_dir):
+    h = Harmonizer(load_bundle(bundle_dir))
+    style = h.style_from_site("A")
+    mask = _volume() > 0
+    out = h.harmonize(_volume(), style, regime=Regime(kind="adain", calibrate=True), mask=mask)
+    edges, target = style.histogram
+    _, got = brain_histogram(out, mask)
+    cdf = lambda d: np.cumsum(d * np.diff(edges))  # noqa: E731
+    assert np.abs(cdf(got) - cdf(target)).max() < 0.02
+
+
+def test_calibration_without_a_histogram_is_a_clear_error(tmp_path, tiny_models):
+    from hcld_bids.model import InputVolumeError
+
+    ae, unet = tiny_models
+    save_bundle(tmp_path / "nohist", ae, unet, 1.0, {"A": compute_site_prototype(ae, [_volume()], 1.0)})
+    h = Harmonizer(load_bundle(tmp_path / "nohist"))
+    with pytest.raises(InputVolumeError, match="histogram"):
+        h.harmonize(_volume(), h.style_from_site("A"), regime=Regime(kind="adain", calibrate=True))
+
+
+def test_reference_style_carries_its_own_histogram(bundle_dir):
+    h = Harmonizer(load_bundle(bundle_dir))
+    ref = _volume(11) * 0.5
+    edges, density = h.style_from_volume(ref).histogram
+    assert density[edges[1:] > 0.51].sum() == 0 and density.sum() > 0
+
+
+def test_match_histogram_keeps_order_and_outside():
+    rng = np.random.default_rng(0)
+    vol = rng.random((8, 8, 8)).astype(np.float32)
+    mask = vol > 0.2
+    edges = np.linspace(0, 1, 65)
+    density = np.exp(-0.5 * ((edges[:-1] - 0.6) / 0.1) ** 2)
+    out = match_histogram(vol, mask, edges, density)
+    assert np.array_equal(out[~mask], vol[~mask])
+    order = np.argsort(vol[mask])
+    assert np.all(np.diff(out[mask][order]) >= 0)
+    assert abs(np.median(out[mask]) - 0.6) < 0.03
+
+
+@pytest.mark.parametrize("bad", [dict(kind="magic"), dict(strength=0.0), dict(strength=1.5),
+                                 dict(sampling_steps=0), dict(detail=-1.0)])
+def test_bad_regimes_are_refused(bad):
+    with pytest.raises(ValueError):
+        Regime(**bad)
+
+
+def test_regime_round_trips_and_refuses_unknown_keys():
+    r = Regime(kind="dual", strength=0.25, detail=0.5, calibrate=True)
+    assert Regime.from_dict(r.to_dict()) == r
+    with pytest.raises(ValueError, match="unknown inference settings"):
+        Regime.from_dict({"kind": "sdedit", "noise": 3})
+
+
+def test_unet_calls_per_regime():
+    assert Regime(kind="adain").unet_calls() == 0
+    assert Regime(kind="sdedit", sampling_steps=3).unet_calls() == 3
+    assert Regime(kind="research").unet_calls() == 40
+    assert Regime(kind="full", inversion_steps=5, sampling_steps=4).unet_calls() == 9
+
+
+def test_research_regime_queries_the_unet_only_at_small_timesteps(bundle_dir):
+    h = Harmonizer(load_bundle(bundle_dir))
+    seen = []
+    forward = h.unet.forward
+
+    def spy(sample, timesteps, condition=None):
+        seen.append(int(torch.as_tensor(timesteps).reshape(-1)[0]))
+        return forward(sample, timesteps, condition)
+
+    h.unet.forward = spy
+    h.harmonize(_volume(), h.style_from_site("A"), regime=Regime(kind="research"))
+    assert seen == list(range(30)) + list(range(45, -1, -5))
