@@ -110,8 +110,10 @@ class WorkflowConfig:
     device: str = "auto"
     #: Extra output spaces; the model's template space is always written. ``"T1w"``: native space too.
     output_spaces: list[str] = field(default_factory=list)
-    ddim_inversion_steps: int = 30
-    ddim_sampling_steps: int = 10
+    #: DDIM steps and strength of the diffusion; ``None``: the model bundle's own inference settings.
+    ddim_inversion_steps: int | None = None
+    ddim_sampling_steps: int | None = None
+    harmonization_strength: float | None = None
     random_seed: int = 0
     #: Testing only: low-quality, fast preprocessing (fewer N4 iterations, a coarse affine registration).
     sloppy: bool = False

@@ -118,6 +118,16 @@ def _probability(value: str) -> float:
     return number
 
 
+def _strength(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0.0 < number <= 1.0:
+        raise argparse.ArgumentTypeError(f"invalid strength {value!r}: expected a number in (0, 1], e.g. 0.3")
+    return number
+
+
 def _patch_size(value: str) -> int:
     number = _positive_int(value)
     if number % 16:
@@ -299,12 +309,23 @@ def build_parser() -> HCLDArgumentParser:
         "T1w adds the harmonized image resampled to the native T1w space",
     )
     harmonize.add_argument(
+        "--harmonization-strength",
+        dest="harmonization_strength",
+        type=_strength,
+        default=workflow_defaults.harmonization_strength,
+        metavar="S",
+        help="how far the diffusion model moves each image toward the target, in (0, 1]: the fraction of the "
+        "diffusion the image is taken into before it is regenerated (higher: more of the target's style, "
+        "less of the source's fine structure; default: the model's own setting)",
+    )
+    harmonize.add_argument(
         "--ddim-inversion-steps",
         dest="ddim_inversion_steps",
         type=_positive_int,
         default=workflow_defaults.ddim_inversion_steps,
         metavar="N",
-        help="DDIM steps from the image latent to noise",
+        help="DDIM steps from the image latent to noise, for models whose inference inverts "
+        "(default: the model's own setting)",
     )
     harmonize.add_argument(
         "--ddim-sampling-steps",
@@ -312,7 +333,7 @@ def build_parser() -> HCLDArgumentParser:
         type=_positive_int,
         default=workflow_defaults.ddim_sampling_steps,
         metavar="N",
-        help="DDIM steps from noise back to the harmonized latent",
+        help="DDIM steps from noise back to the harmonized latent (default: the model's own setting)",
     )
     harmonize.add_argument(
         "--random-seed",

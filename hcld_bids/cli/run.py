@@ -192,6 +192,7 @@ def build_config(args: argparse.Namespace) -> Config:
         output_spaces=parse_output_spaces(args.output_spaces),
         ddim_inversion_steps=args.ddim_inversion_steps,
         ddim_sampling_steps=args.ddim_sampling_steps,
+        harmonization_strength=args.harmonization_strength,
         random_seed=args.random_seed,
         sloppy=args.sloppy,
     )

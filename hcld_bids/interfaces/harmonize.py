@@ -59,8 +59,8 @@ class _HarmonizeInputSpec(BaseInterfaceInputSpec):
     model_sha256 = Str(mandatory=True, desc="digest of the bundle's weights (makes reruns notice a new model)")
     target_site = Str(desc="site whose stored style prototype is the target")
     reference_file = File(exists=True, desc="reference T1w on the model grid (brain-only, scaled), the target style")
-    inversion_steps = traits.Int(30, usedefault=True, desc="DDIM inversion steps")
-    sampling_steps = traits.Int(10, usedefault=True, desc="DDIM sampling steps")
+    regime = traits.Dict(desc="inference regime (hcld_bids.model.harmonize.Regime as a dict); default: the "
+                         "bundle's own")
     seed = traits.Int(0, usedefault=True, desc="random seed")
     device = Str("cpu", usedefault=True, desc="torch device (cpu, cuda, cuda:N)")
     num_threads = traits.Int(1, usedefault=True, desc="torch CPU threads")
@@ -98,8 +98,11 @@ class HarmonizeT1w(SimpleInterface):
         else:
             style = harmonizer.style_from_site(self.inputs.target_site)
 
+        from ..model.harmonize import Regime
+
+        regime = Regime.from_dict(self.inputs.regime) if isdefined(self.inputs.regime) else harmonizer.default_regime
         label = self.inputs.label or Path(self.inputs.in_file).name
-        total = self.inputs.inversion_steps + self.inputs.sampling_steps
+        total = regime.unet_calls()
         step = {"n": 0, "shown": -1}
 
         def progress(stage, done, of):
@@ -110,10 +113,7 @@ class HarmonizeT1w(SimpleInterface):
                 LOGGER.info("harmonizing %s: %s %d/%d (%d%% of DDIM steps)", label, stage, done, of, percent)
 
         start = time.perf_counter()
-        out = harmonizer.harmonize(
-            volume, style, inversion_steps=self.inputs.inversion_steps, sampling_steps=self.inputs.sampling_steps,
-            seed=self.inputs.seed, mask=mask, progress=progress,
-        )
+        out = harmonizer.harmonize(volume, style, regime=regime, seed=self.inputs.seed, mask=mask, progress=progress)
         self._results["wall_time"] = round(time.perf_counter() - start, 3)
         self._results["timings"] = {k: round(v, 3) for k, v in harmonizer.last_timings.items()}
         self._results["style"] = style.source

@@ -194,7 +194,8 @@ def _model_summary(manifest: Mapping | None) -> dict:
         "autoencoder": {
             "channels": channels,
             "latent_channels": autoencoder.get("latent_channels"),
-            "downsampling": 2 ** (len(channels) - 1) if channels else None,
+            "downsampling": int(autoencoder.get("patch_size") or 1) * 2 ** (len(channels) - 1) if channels else None,
+            "patch_size": int(autoencoder.get("patch_size") or 1),
             "num_res_blocks": autoencoder.get("num_res_blocks"),
         },
         "unet": {"channels": unet.get("channels"), "num_res_blocks": unet.get("num_res_blocks")},
@@ -216,7 +217,8 @@ def citation_context(config=None, manifest: Mapping | None = None, **overrides) 
     ``intensity_scaling`` ({"low_percentile", "high_percentile"}), ``model`` (``name``, ``sha256``,
     ``source``, ``autoencoder`` {channels, latent_channels, downsampling, num_res_blocks}, ``unet``
     {channels, num_res_blocks}, ``noise_steps``, ``sites`` {site: n_images}, ``n_images``),
-    ``target_site``, ``reference_image``, ``ddim_inversion_steps``, ``ddim_sampling_steps``, ``device``,
+    ``target_site``, ``reference_image``, ``ddim_inversion_steps``, ``ddim_sampling_steps``, ``regime`` (the
+    inference regime as a dict, :func:`hcld_bids.workflows.harmonization.inference_regime`), ``device``,
     ``random_seed``, ``training`` (hyper-parameters: ae_epochs, ldm_epochs, lr_ae, lr_ldm, weight_*, ...).
 
     ``overrides`` replace top-level keys (e.g. ``device="cuda:0"`` once the device is resolved).
@@ -237,18 +239,26 @@ def citation_context(config=None, manifest: Mapping | None = None, **overrides) 
         "reference_image": None,
         "ddim_inversion_steps": None,
         "ddim_sampling_steps": None,
+        "regime": None,
         "device": None,
         "random_seed": None,
         "training": {},
     }
+    if manifest is not None or config is not None:
+        from ..workflows.harmonization import inference_regime
+
+        try:
+            context["regime"] = inference_regime(manifest or {}, config.workflow if config is not None else None)
+        except (TypeError, ValueError):
+            context["regime"] = None
     if config is not None:
         workflow = config.workflow
         context.update(
             level=config.execution.analysis_level,
             target_site=workflow.target_site,
             reference_image=str(workflow.reference_image) if workflow.reference_image else None,
-            ddim_inversion_steps=workflow.ddim_inversion_steps,
-            ddim_sampling_steps=workflow.ddim_sampling_steps,
+            ddim_inversion_steps=(context["regime"] or {}).get("inversion_steps", workflow.ddim_inversion_steps),
+            ddim_sampling_steps=(context["regime"] or {}).get("sampling_steps", workflow.ddim_sampling_steps),
             device=workflow.device,
             random_seed=workflow.random_seed,
             training={k: v for k, v in vars(config.training).items()},

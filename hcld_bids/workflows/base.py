@@ -77,6 +77,13 @@ def open_model(path: Path, *, source: str = "argument") -> ModelInfo:
     except ModelError as err:
         raise model_error(err) from None
     spec = check_preprocessing_spec(bundle.manifest.get("preprocessing"), bundle=Path(path) / "manifest.json")
+    from ..model.harmonize import Regime
+
+    try:
+        Regime.from_dict(bundle.manifest.get("inference"))
+    except (TypeError, ValueError) as err:
+        raise BadDataError(f"{Path(path) / 'manifest.json'}: invalid 'inference' block ({err}); use a bundle "
+                           f"written by hcld-bids") from None
     files = check_templates(spec["template"], int(spec["resolution"]))
     grid = GridSpec.from_dict(spec["grid"])
     channels = (bundle.manifest.get("autoencoder", {}).get("config", {}).get("channels") or [32])[0]
@@ -162,6 +169,21 @@ def _provenance(static, style, device, wall_time, timings, low, high):
     return block
 
 
+def _regime_provenance(regime: dict) -> dict:
+    """Sidecar keys of the inference regime: its kind, strength, DDIM steps and post-processing."""
+    calls = {"sdedit": (None, regime["sampling_steps"]), "adain": (None, None), "research": (30, 10)}
+    inversion, sampling = calls.get(regime["kind"], (regime["inversion_steps"], regime["sampling_steps"]))
+    return {
+        "InferenceRegime": regime["kind"],
+        "HarmonizationStrength": float(regime["strength"]),
+        "DDIMInversionSteps": inversion,
+        "DDIMSamplingSteps": sampling,
+        "DetailReinjection": float(regime.get("detail") or 0.0),
+        "IntensityCalibration": bool(regime.get("calibrate")),
+        "Regime": dict(regime),
+    }
+
+
 def static_provenance(config, model: ModelInfo, record, device: str) -> dict:
     """Provenance keys known before the workflow runs."""
     import platform
@@ -169,6 +191,7 @@ def static_provenance(config, model: ModelInfo, record, device: str) -> dict:
     import torch
 
     from .. import __version__
+    from .harmonization import inference_regime
 
     reference = config.workflow.reference_image
     spec = model.manifest.get("preprocessing", {})
@@ -181,8 +204,7 @@ def static_provenance(config, model: ModelInfo, record, device: str) -> dict:
         "SiteSource": record.site_source,
         "TargetSite": config.workflow.target_site,
         "ReferenceImage": str(reference) if reference else None,
-        "DDIMInversionSteps": int(config.workflow.ddim_inversion_steps),
-        "DDIMSamplingSteps": int(config.workflow.ddim_sampling_steps),
+        **_regime_provenance(inference_regime(model.manifest, config.workflow)),
         "RandomSeed": int(config.workflow.random_seed),
         "RequestedDevice": config.workflow.device,
         "Template": model.template,
@@ -204,7 +226,7 @@ def init_single_t1w_wf(config, model: ModelInfo, record, device: str, name: str)
 
     from ..interfaces.harmonize import ItkTransform
     from .anatomical import init_anat_preproc_wf
-    from .harmonization import init_harmonization_wf
+    from .harmonization import inference_regime, init_harmonization_wf
     from .outputs import init_outputs_wf
     from .qc import init_qc_wf
 
@@ -217,8 +239,8 @@ def init_single_t1w_wf(config, model: ModelInfo, record, device: str, name: str)
     anat = init_anat_preproc_wf(template=model.template, resolution=model.resolution, grid=model.grid,
                                 registration=model.registration, omp_nthreads=omp, sloppy=config.workflow.sloppy)
     harm = init_harmonization_wf(
-        model=model, target_site=config.workflow.target_site, inversion_steps=config.workflow.ddim_inversion_steps,
-        sampling_steps=config.workflow.ddim_sampling_steps, seed=config.workflow.random_seed, device=device,
+        model=model, target_site=config.workflow.target_site,
+        regime=inference_regime(model.manifest, config.workflow), seed=config.workflow.random_seed, device=device,
         omp_nthreads=omp, native=native, label=_t1w_label(record))
     qc = init_qc_wf(model=model, target_site=config.workflow.target_site)
     xfm = pe.Node(ItkTransform(), name="itk_xfm", mem_gb=0.1)

@@ -27,7 +27,8 @@ def test_defaults():
     assert (args.bids_dir, args.output_dir, args.analysis_level) == (Path("bids"), Path("out"), "participant")
     assert args.work_dir == Path("work")
     assert args.participant_label is None and args.session_label is None
-    assert (args.device, args.ddim_inversion_steps, args.ddim_sampling_steps, args.random_seed) == ("auto", 30, 10, 0)
+    assert (args.device, args.ddim_inversion_steps, args.ddim_sampling_steps, args.random_seed) == ("auto", None, None, 0)
+    assert args.harmonization_strength is None  # None: the model bundle's own inference settings
     assert args.output_spaces is None and args.model is None and args.site_column is None
     assert (args.ae_epochs, args.ldm_epochs, args.grad_accum, args.adv_burn_in_epochs) == (30, 80, 4, 5)
     assert (args.lr_ae, args.lr_disc_ae, args.lr_ldm, args.lr_disc_ldm) == (1e-4, 5e-4, 1e-4, 1e-5)
@@ -126,3 +127,15 @@ def test_help_groups_training_options():
     assert "Training (train level):" in help_text
     training = help_text.split("Training (train level):")[1].split("Performance:")[0]
     assert "--ae-epochs" in training and "--weight-noise" in training and "--resume" in training
+
+
+@pytest.mark.parametrize("text", ["0", "0.0", "-0.2", "1.5", "strong", "nan", ""])
+def test_bad_harmonization_strengths_are_usage_errors(capsys, text):
+    code, err = _usage_error(capsys, "--harmonization-strength", text)
+    assert code == 64
+    assert err.count("\n") == 1 and "--harmonization-strength" in err and "(0, 1]" in err
+
+
+@pytest.mark.parametrize("text", ["0.05", "0.3", "1"])
+def test_harmonization_strengths(text):
+    assert _parse("--harmonization-strength", text).harmonization_strength == float(text)

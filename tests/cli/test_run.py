@@ -35,7 +35,8 @@ def test_full_run_hands_the_config_and_t1w_list_to_the_level(dataset, tmp_path, 
     code, err = run_cli(
         dataset, tmp_path / "out", "participant", "-w", tmp_path / "work", "--participant-label", "sub-01", "03",
         "--target-site", "uih", "--mem", "6GB", "--nprocs", "4", "--output-spaces", "T1w",
-        "--ddim-inversion-steps", "20", "--random-seed", "7", "--device", "cpu", "--bids-filter-file", filters,
+        "--ddim-inversion-steps", "20", "--harmonization-strength", "0.4", "--random-seed", "7", "--device", "cpu",
+        "--bids-filter-file", filters,
     )
     assert code == 0
     # The only message: the demo-model warning (no --model, no trained bundle in OUTPUT_DIR).
@@ -47,7 +48,8 @@ def test_full_run_hands_the_config_and_t1w_list_to_the_level(dataset, tmp_path, 
     assert execution.participant_label == ["01", "03"]
     assert execution.bids_filters == {"t1w": {"acquisition": None}} and execution.bids_filter_file == filters
     assert (workflow.target_site, workflow.reference_image, workflow.output_spaces) == ("uih", None, ["T1w"])
-    assert (workflow.ddim_inversion_steps, workflow.ddim_sampling_steps, workflow.random_seed) == (20, 10, 7)
+    assert (workflow.ddim_inversion_steps, workflow.ddim_sampling_steps, workflow.random_seed) == (20, None, 7)
+    assert workflow.harmonization_strength == 0.4
     assert workflow.device == "cpu" and workflow.model_source == "demo"
     assert (nipype.nprocs, nipype.omp_nthreads, nipype.mem_gb) == (4, 4, 6.0)
     assert nipype.plugin == "MultiProc" and nipype.plugin_args["n_procs"] == 4 and nipype.plugin_args["memory_gb"] == 6

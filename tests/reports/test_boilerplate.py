@@ -159,3 +159,28 @@ def test_citing_an_unknown_key_is_an_error(tmp_path, monkeypatch):
     citer = boilerplate._Citer(boilerplate.bibliography(), html_links=False)
     with pytest.raises(KeyError, match="nonexistent"):
         citer("nonexistent")
+
+
+@pytest.mark.parametrize(("inference", "flags", "fragments"), [
+    ({"kind": "sdedit", "strength": 0.3, "sampling_steps": 1, "detail": 1.0, "calibrate": True}, {},
+     ["strength of 0.3", "SDEdit", "1 deterministic DDIM step", "estimate of the", "input minus its own reconstruction",
+      "mapped by quantiles onto the target's", "training images stored with the model"]),
+    ({"kind": "sdedit", "strength": 0.3, "sampling_steps": 1}, {"harmonization_strength": 0.5},
+     ["strength of 0.5"]),
+    ({"kind": "dual", "strength": 0.5, "inversion_steps": 10, "sampling_steps": 8}, {},
+     ["10 deterministic", "own latent map", "8 DDIM steps conditioned on the target", "DDIB"]),
+    (None, {}, ["30 deterministic DDIM steps", "10 DDIM sampling steps"]),
+])
+def test_methods_text_says_which_inference_regime_ran(tmp_path, inference, flags, fragments):
+    manifest = dict(MANIFEST, autoencoder={"config": {"channels": [32], "latent_channels": 4, "patch_size": 2}})
+    if inference is not None:
+        manifest["inference"] = inference
+    config = _config(tmp_path, target_site="siteB", **flags)
+    text = " ".join(boilerplate.render_markdown(boilerplate.citation_context(config, manifest)).split())
+    for fragment in fragments:
+        assert fragment in text, fragment
+    assert "2-fold downsampling" in text and "space-to-depth" in text
+    if inference is None or inference["kind"] != "sdedit":
+        assert "SDEdit" not in text
+    if not (inference or {}).get("calibrate"):
+        assert "quantiles" not in text
