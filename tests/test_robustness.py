@@ -461,7 +461,7 @@ def oblique_dataset(dataset) -> Path:
 
 def test_oblique_t1w_passes_the_input_checks_and_the_first_preprocessing_step(oblique_dataset, tmp_path):
     from hcld_bids.interfaces.preproc import ValidateT1w
-    from hcld_bids.workflows.base import check_t1w_images
+    from hcld_bids.levels.execution import check_t1w_images
 
     records = _collect(oblique_dataset, tmp_path)
     assert [r.subject for r in records] == ["01", "02", "03"]
@@ -620,7 +620,7 @@ def test_a_node_that_hits_a_full_disk_ends_the_run_with_73(dataset, tmp_path, la
     from hcld_bids.cli.parser import build_parser
     from hcld_bids.cli.run import build_config
     from hcld_bids.errors import HCLDError
-    from hcld_bids.workflows.base import run_workflow
+    from hcld_bids.levels.execution import run_workflow
 
     config = build_config(build_parser().parse_args(
         [str(dataset), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"), *FAST, *OK_TARGET]))

@@ -4,7 +4,7 @@ Order of work: parse (usage errors 64), check the analysis level (17) and the in
 config, create the output, log and work directories (73), save the config, check BIDS_DIR's
 dataset_description.json (16; not valid JSON is an error even with --skip-bids-validation), validate
 BIDS_DIR (16), select the T1w images (18), resolve their sites (65), write the derivatives'
-dataset_description.json, then hand the config and the images to :func:`hcld_bids.workflows.base.run_level`.
+dataset_description.json, then hand the config and the images to :func:`hcld_bids.levels.run_level`.
 
 Every :class:`~hcld_bids.errors.HCLDError` ends the run with one line on stderr,
 ``hcld-bids: error: <message>``, and its exit code; so does a full disk, a full quota or a read-only file
@@ -260,12 +260,12 @@ def collect_inputs(config: Config):
 
 
 def dispatch(config: Config, records) -> int:
-    """Run the analysis level through :func:`hcld_bids.workflows.base.run_level`."""
+    """Run the analysis level through :func:`hcld_bids.levels.run_level`."""
     level = config.execution.analysis_level
     try:
-        from ..workflows.base import run_level
+        from ..levels import run_level
     except ModuleNotFoundError as err:
-        if err.name in ("hcld_bids.workflows", "hcld_bids.workflows.base"):
+        if err.name == "hcld_bids.levels":
             raise HCLDError(f"the {level} level is not available in this build") from None
         raise
     code = run_level(config, records)

@@ -355,6 +355,17 @@ def site_histogram(volumes: Iterable, masks: Iterable, bins: int = HISTOGRAM_BIN
     return edges, total / count
 
 
+def site_histograms(volumes, masks, sites) -> dict:
+    """Per-site brain-intensity histogram on [0, 1] (the target style of the QC and reports), as a model
+    bundle's manifest stores it: ``{site: {"edges": [...], "density": [...]}}`` rounded to 6 decimals."""
+    out = {}
+    for site in sorted(set(sites)):
+        idx = [i for i, s in enumerate(sites) if s == site]
+        edges, density = site_histogram([volumes[i] for i in idx], [masks[i] for i in idx])
+        out[site] = {"edges": [round(float(e), 6) for e in edges], "density": [round(float(d), 6) for d in density]}
+    return out
+
+
 def robust_z(values: Sequence[float]) -> np.ndarray:
     """Robust z-scores: ``(x - median) / (1.4826 * MAD)``; NaN stays NaN, zero MAD gives zeros."""
     values = np.asarray(values, dtype=np.float64)

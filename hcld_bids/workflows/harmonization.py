@@ -86,7 +86,7 @@ def init_harmonization_wf(*, model, target_site: str | None, regime: dict, seed:
     Parameters
     ----------
     model
-        :class:`hcld_bids.workflows.base.ModelInfo` of the bundle (path, digest, grid, template file).
+        :class:`hcld_bids.levels.model.ModelInfo` of the bundle (path, digest, grid, template file).
     target_site
         Target site label (a prototype of the bundle); ``None`` when a reference image is connected.
     regime, seed, device

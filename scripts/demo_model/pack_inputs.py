@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     from hcld_bids.bids.sites import resolve_sites
     from hcld_bids.preproc.spec import preprocessing_spec
     from hcld_bids.workflows.base import _t1w_label
-    from hcld_bids.workflows.train import DEFAULT_TEMPLATE, _data_summary, site_histograms
+    from hcld_bids.levels.train import DEFAULT_TEMPLATE, _data_summary, site_histograms
 
     layout = open_layout(args.bids_dir, database_dir=None, work_dir=args.work_dir, validate=False)
     records = resolve_sites(collect_t1w(layout), args.bids_dir, site_column=args.site_column)

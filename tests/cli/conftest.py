@@ -11,7 +11,7 @@ from hcld_bids.cli.run import main
 
 
 class Dispatch:
-    """Stands in for hcld_bids.workflows.base: records what run_level received and returns ``code``."""
+    """Stands in for hcld_bids.levels: records what run_level received and returns ``code``."""
 
     def __init__(self):
         self.calls = []
@@ -27,14 +27,12 @@ class Dispatch:
 
 @pytest.fixture
 def dispatch(monkeypatch):
-    """Install a recording run_level as hcld_bids.workflows.base for one test."""
+    """Install a recording run_level as hcld_bids.levels for one test."""
     recorder = Dispatch()
-    package = types.ModuleType("hcld_bids.workflows")
-    package.__path__ = []
-    base = types.ModuleType("hcld_bids.workflows.base")
-    base.run_level = recorder.run_level
-    monkeypatch.setitem(sys.modules, "hcld_bids.workflows", package)
-    monkeypatch.setitem(sys.modules, "hcld_bids.workflows.base", base)
+    levels = types.ModuleType("hcld_bids.levels")
+    levels.__path__ = []
+    levels.run_level = recorder.run_level
+    monkeypatch.setitem(sys.modules, "hcld_bids.levels", levels)
     return recorder
 
 

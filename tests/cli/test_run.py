@@ -124,7 +124,7 @@ def test_level_exit_code_is_returned(dataset, tmp_path, dispatch, run_cli):
 
 
 def test_missing_level_implementation_is_a_clear_failure(dataset, tmp_path, run_cli, monkeypatch):
-    monkeypatch.setitem(sys.modules, "hcld_bids.workflows.base", None)
+    monkeypatch.setitem(sys.modules, "hcld_bids.levels", None)
     code, err = run_cli(dataset, tmp_path / "o", "group", "-w", tmp_path / "w", "--skip-bids-validation")
     assert code == 1
     assert _error_only(err) == "hcld-bids: error: the group level is not available in this build"

@@ -160,7 +160,7 @@ def test_mem_never_lets_more_harmonizations_run_at_once_than_fit(participant):
 
     from nipype.utils.filemanip import loadpkl
 
-    from hcld_bids.workflows.base import open_model
+    from hcld_bids.levels.model import open_model
 
     need = open_model(participant.model).mem_gb
     assert need <= MEM_GB < 2 * need  # one fits, two do not (and --nprocs 2 would otherwise run two)

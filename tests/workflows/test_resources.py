@@ -16,8 +16,10 @@ from hcld_bids.cli.parser import build_parser
 from hcld_bids.cli.run import build_config, collect_inputs, prepare_directories
 from hcld_bids.config import DEMO_MODEL_DIR
 from hcld_bids.model.harmonize import Harmonizer
-from hcld_bids.workflows import train as train_module
-from hcld_bids.workflows.base import init_hcld_wf, open_model, plugin_settings
+from hcld_bids.levels import train as train_module
+from hcld_bids.levels.execution import plugin_settings
+from hcld_bids.levels.model import open_model
+from hcld_bids.workflows.base import init_hcld_wf
 
 ANTS_NODES = {"n4_head", "register", "n4_brain", "to_template", "mask_first_native", "brain_mask_native"}
 
@@ -54,7 +56,7 @@ def test_harmonize_node_runs_torch_with_omp_nthreads_threads(threads, tmp_path, 
         nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / f"{name}.nii.gz")
     node = HarmonizeT1w(in_file=str(tmp_path / "in.nii.gz"), mask_file=str(tmp_path / "mask.nii.gz"),
                         model_dir=str(DEMO_MODEL_DIR), model_sha256=model.sha256, target_site=model.sites[0],
-                        inversion_steps=1, sampling_steps=1, num_threads=threads)
+                        num_threads=threads)
     node.run(cwd=str(tmp_path))
     assert seen == [threads]
 

@@ -1,0 +1,91 @@
+"""The participant level.
+
+1. opens the model bundle (hashes checked), checks that its preprocessing matches this pipeline, that the
+   templates it needs are installed and that the target site is one of its sites;
+2. checks every selected T1w (3D, finite, non-empty, sane voxels) before anything runs, so bad data ends
+   the run with one line and exit code 65 instead of a crashed node;
+3. builds one nipype workflow (:func:`hcld_bids.workflows.base.init_hcld_wf`) and runs it with the
+   configured plugin, crash files under ``OUTPUT_DIR/sub-<label>/log/<run uuid>/``;
+4. writes the participant reports and the methods boilerplate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from ..bids.atomic import remove_stale_temporaries
+from ..errors import UsageError
+from .execution import check_reference_image, check_t1w_images, run_workflow, write_boilerplate
+from .model import check_memory, open_model, resolve_torch_device
+
+LOGGER = logging.getLogger("hcld_bids")
+
+
+def write_participant_reports(config, subjects) -> list[Path]:
+    """Write ``OUTPUT_DIR/sub-<label>.html`` for each subject that has outputs (others are skipped)."""
+    from ..errors import NoDataError
+    from ..reports.participant import write_participant_report
+
+    written = []
+    for subject in sorted(set(subjects)):
+        try:
+            written.append(write_participant_report(config.execution.output_dir, subject, config=config))
+        except NoDataError as err:
+            LOGGER.warning("%s", err)
+    return written
+
+
+def participant_checks(config, records):
+    """Everything that can fail before the workflow runs; returns the model and the torch device."""
+    from ..bids.sites import check_target_site
+
+    model = open_model(config.workflow.model, source=config.workflow.model_source)
+    if config.workflow.target_site:
+        config.workflow.target_site = check_target_site(config.workflow.target_site, list(model.sites))
+    if config.workflow.reference_image:
+        check_reference_image(config.workflow.reference_image)
+    spaces = [s for s in config.workflow.output_spaces if s != "T1w"]
+    for space in spaces:
+        if space != model.template:
+            raise UsageError(f"--output-spaces {space}: the model {model.path} works in {model.template}; "
+                             f"use {model.template} and/or T1w")
+    device = resolve_torch_device(config.workflow.device)
+    return model, device
+
+
+def run_participant(config, records) -> int:
+    """Preprocess and harmonize every selected T1w; write derivatives, reports and boilerplate."""
+    from ..workflows.base import init_hcld_wf
+
+    model, device = participant_checks(config, records)
+    subjects = [r.subject for r in records]
+    if config.execution.boilerplate_only:
+        path = write_boilerplate(config, model.manifest, device=device)
+        LOGGER.info("methods boilerplate written to %s", path)
+        return 0
+    if config.execution.reports_only:
+        written = write_participant_reports(config, subjects)
+        if not written:
+            from ..errors import NoDataError
+
+            raise NoDataError(f"{config.execution.output_dir} holds no outputs of the selected participants; "
+                              "run the participant level before --reports-only")
+        LOGGER.info("%d participant report(s) written", len(written))
+        return 0
+    check_memory(config, model)
+    check_t1w_images(records)
+
+    workflow = init_hcld_wf(config, records, model, device)
+    LOGGER.info("harmonizing %d T1w image(s) with model %s (%s) on %s", len(records), model.name,
+                model.sha256[:12], device)
+    started = time.time()
+    run_workflow(workflow, config)
+    write_boilerplate(config, model.manifest, device=device)
+    write_participant_reports(config, subjects)
+    stale = remove_stale_temporaries(config.execution.output_dir, subjects, older_than=started)
+    if stale:
+        LOGGER.info("removed %d temporary file(s) left by an interrupted earlier run", len(stale))
+    LOGGER.info("outputs written to %s", config.execution.output_dir)
+    return 0
