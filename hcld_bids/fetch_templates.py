@@ -23,11 +23,18 @@ def fetch(template: str, resolution: int) -> None:
     """Download missing or empty required files through the TemplateFlow client."""
     from templateflow import api
 
-    from .templates import REQUIRED_FILES, check_templates, templateflow_home, write_template_description
+    from .templates import (
+        REQUIRED_FILES,
+        check_templates,
+        offline_templates,
+        shipped_template_files,
+        templateflow_home,
+        write_template_description,
+    )
 
     write_template_description(templateflow_home(), template)
     try:
-        check_templates(template, resolution)
+        check_templates(template, resolution, shipped=False)
         return  # already complete: no network needed
     except MissingInputError:
         pass
@@ -36,10 +43,18 @@ def fetch(template: str, resolution: int) -> None:
             api.get(template, resolution=int(resolution), suffix=suffix, desc=desc,
                     extension=".nii.gz", raise_empty=True)
         except Exception as exc:  # requests/TemplateFlow raise many types when offline
+            reason = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if shipped_template_files(template, resolution) is not None:
+                raise MissingInputError(
+                    f"no network: hcld-bids ships {template} at resolution {resolution}; run `python -m "
+                    f"hcld_bids.fetch_templates --offline` to install that copy into TEMPLATEFLOW_HOME (the participant "
+                    f"and train levels also use it by themselves when TemplateFlow has nothing); the download from "
+                    f"TemplateFlow failed ({reason})"
+                ) from exc
             raise MissingInputError(
-                f"could not download {template} {suffix} (resolution {resolution}) from TemplateFlow "
-                f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); check the "
-                "network connection, or use --offline for the copies shipped with hcld-bids."
+                f"could not download {template} {suffix} (resolution {resolution}) from TemplateFlow ({reason}); "
+                "check the network connection (hcld-bids ships only "
+                + ", ".join(f"{t} at resolution {r}" for t, r in offline_templates()) + ")"
             ) from exc
 
 
@@ -83,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             for resolution in resolutions:
                 fetch(args.template, resolution)
         for resolution in resolutions:
-            files = check_templates(args.template, resolution)
+            files = check_templates(args.template, resolution, shipped=False)
             for path in files.values():
                 print(path)
     except HCLDError as exc:

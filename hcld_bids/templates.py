@@ -6,12 +6,18 @@ for, and an interrupted or impossible download leaves an empty placeholder behin
 looks at the files themselves, at the very paths TemplateFlow would return, before any workflow
 starts, and never triggers a download.
 
+When TemplateFlow cannot give a file (no network, placeholders) and the package ships a copy of it
+(:data:`_OFFLINE_DIR`: MNI152NLin6Asym at 2 mm, what the bundled model needs), :func:`check_templates`
+returns the shipped copy and says so once, in one warning line. TemplateFlow's files win whenever they are
+there.
+
 TemplateFlow reads ``TEMPLATEFLOW_HOME`` once, when it is first imported; this module imports it
 lazily, so a program can set the variable before calling anything here.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -25,6 +31,10 @@ REQUIRED_FILES = (("T1w", None), ("mask", "brain"))
 _OFFLINE_DIR = Path(__file__).parent / "data" / "templateflow"
 
 _GZIP_MAGIC = b"\x1f\x8b"
+
+LOGGER = logging.getLogger("hcld_bids")
+#: (template, resolution) whose shipped copy this process already announced.
+_ANNOUNCED: set = set()
 
 
 def template_filename(template: str, resolution: int, suffix: str, desc: str | None = None) -> str:
@@ -101,25 +111,59 @@ def _problem(path: Path) -> str | None:
     return None
 
 
-def check_templates(template: str, resolution: int) -> dict[str, Path]:
-    """Make sure every template file of ``template`` at ``resolution`` is on disk and non-empty.
+def shipped_template_files(template: str, resolution: int) -> dict[str, Path] | None:
+    """The package's own copies of the files of ``template`` at ``resolution`` (keys ``"T1w"`` and
+    ``"brain_mask"``), or None when the package does not ship them all."""
+    root = offline_templates_dir() / f"tpl-{template}"
+    keys = {("T1w", None): "T1w", ("mask", "brain"): "brain_mask"}
+    files = {keys[(suffix, desc)]: root / template_filename(template, resolution, suffix, desc)
+             for suffix, desc in REQUIRED_FILES}
+    return files if all(_problem(path) is None for path in files.values()) else None
 
-    Returns the paths (as :func:`template_files`). Raises :class:`MissingInputError` with one line
-    naming each unusable file and how to get it. Nothing is downloaded.
+
+def is_shipped(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is one of the template copies shipped in the package."""
+    return Path(path).resolve().is_relative_to(offline_templates_dir().resolve())
+
+
+def _fetch_hint(template: str, resolution: int) -> str:
+    return (f"`python -m hcld_bids.fetch_templates --template {template} --resolution {int(resolution)}` on a "
+            f"machine with internet access (with the same TEMPLATEFLOW_HOME)")
+
+
+def check_templates(template: str, resolution: int, *, shipped: bool = True) -> dict[str, Path]:
+    """The template files of ``template`` at ``resolution``, checked on disk; nothing is downloaded.
+
+    TemplateFlow's files in TEMPLATEFLOW_HOME when they are all usable (paths as :func:`template_files`).
+    Otherwise, with ``shipped`` (the participant and train levels), the copies shipped in the package when
+    it has them, with one warning line per process saying so. Otherwise :class:`MissingInputError` (66)
+    with one line naming each unusable file and how to get it.
     """
     files = template_files(template, resolution)
     home = templateflow_home()
     problems = [(path, why) for path in files.values() if (why := _problem(path)) is not None]
-    if problems:
-        named = "; ".join(f"{path.relative_to(home)} is {why}" for path, why in problems)
-        raise MissingInputError(
-            f"TemplateFlow files needed for {template} at resolution {int(resolution)} are not "
-            f"usable in TEMPLATEFLOW_HOME={home}: {named}. Run `python -m hcld_bids.fetch_templates "
-            f"--template {template} --resolution {int(resolution)}` on a machine with internet "
-            f"access (with the same TEMPLATEFLOW_HOME), or copy tpl-{template}/ from a complete "
-            f"TemplateFlow directory into $TEMPLATEFLOW_HOME."
-        )
-    return files
+    if not problems:
+        return files
+    named = "; ".join(f"{path.relative_to(home)} is {why}" for path, why in problems)
+    copy = shipped_template_files(template, resolution) if shipped else None
+    if copy is not None:
+        key = (template, int(resolution))
+        if key not in _ANNOUNCED:
+            _ANNOUNCED.add(key)
+            LOGGER.warning(
+                "TemplateFlow has no usable %s files at resolution %d in TEMPLATEFLOW_HOME=%s (%s); using the copy "
+                "shipped with hcld-bids (%s; its brain mask is the project's, not TemplateFlow's, see the NOTICE "
+                "there); for TemplateFlow's own files run %s",
+                template, int(resolution), home, named, copy["T1w"].parent, _fetch_hint(template, resolution))
+        return copy
+    offline = [f"{t} at resolution {r}" for t, r in offline_templates()]
+    also = (f" (hcld-bids ships only {', '.join(offline)})" if offline and not shipped_template_files(
+        template, resolution) else "")
+    raise MissingInputError(
+        f"TemplateFlow files needed for {template} at resolution {int(resolution)} are not "
+        f"usable in TEMPLATEFLOW_HOME={home}: {named}. Run {_fetch_hint(template, resolution)}, or copy "
+        f"tpl-{template}/ from a complete TemplateFlow directory into $TEMPLATEFLOW_HOME{also}."
+    )
 
 
 def template_resolutions(template: str) -> list[int] | None:

@@ -38,10 +38,14 @@ def test_templateflow_home_is_the_seeded_test_directory(templateflow_home):
     assert templates.templateflow_home() == templateflow_home
 
 
-def test_check_templates_returns_existing_files_of_seeded_home():
+def test_check_templates_returns_existing_files_of_seeded_home(templateflow_home, caplog):
     files = check_templates(TPL, 2)
     assert set(files) == {"T1w", "brain_mask", "description"}
     assert all(path.is_file() and path.stat().st_size > 0 for path in files.values())
+    # TemplateFlow's files come first whenever they are there: no shipped copy, nothing said
+    assert all(path.is_relative_to(templateflow_home) for path in files.values())
+    assert not any(templates.is_shipped(path) for path in files.values())
+    assert "shipped" not in caplog.text
 
 
 def test_check_templates_reports_missing_template_with_fetch_command():
@@ -59,7 +63,7 @@ def test_check_templates_in_empty_home_names_placeholders_without_downloading(tm
         "from hcld_bids.templates import check_templates\n"
         "from hcld_bids.errors import MissingInputError\n"
         "try:\n"
-        "    check_templates('MNI152NLin6Asym', 2)\n"
+        "    check_templates('MNI152NLin6Asym', 2, shipped=False)\n"
         "except MissingInputError as exc:\n"
         "    print('MESSAGE', exc)\n"
         "    raise SystemExit(exc.exit_code)\n"
@@ -80,7 +84,7 @@ def test_check_templates_rejects_non_gzip_file(tmp_path):
     seed_templateflow_home(seed_dir)
     (seed_dir / "tpl-MNI152NLin6Asym" / "tpl-MNI152NLin6Asym_res-02_T1w.nii.gz").write_text("<Error>AccessDenied</Error>")
     result = _run_python(
-        "from hcld_bids.templates import check_templates\ncheck_templates('MNI152NLin6Asym', 2)", seed_dir)
+        "from hcld_bids.templates import check_templates\ncheck_templates('MNI152NLin6Asym', 2, shipped=False)", seed_dir)
     assert result.returncode != 0
     assert "not a gzip-compressed NIfTI" in result.stderr
 
@@ -154,3 +158,62 @@ def test_fetch_templates_offline_cannot_provide_1mm(tmp_path):
                             env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 66
     assert result.stderr.startswith("hcld-bids: error: ") and result.stderr.count("\n") == 1
+
+
+@pytest.fixture
+def empty_templateflow(tmp_path, monkeypatch):
+    """TemplateFlow without the files (an offline node: a skeleton of empty placeholders)."""
+    home = tmp_path / "empty_tf"
+    (home / f"tpl-{TPL}").mkdir(parents=True)
+    for name in (template_filename(TPL, 2, "T1w"), template_filename(TPL, 2, "mask", "brain")):
+        (home / f"tpl-{TPL}" / name).touch()
+    monkeypatch.setattr(templates, "templateflow_home", lambda: home)
+    monkeypatch.setattr(templates, "_ANNOUNCED", set())
+    return home
+
+
+def test_without_templateflow_files_the_shipped_copy_serves_with_one_line(empty_templateflow, caplog):
+    files = check_templates(TPL, 2)
+    again = check_templates(TPL, 2)
+    assert files == again == templates.shipped_template_files(TPL, 2)
+    assert all(templates.is_shipped(path) and path.stat().st_size > 0 for path in files.values())
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 1 and "\n" not in lines[0]  # said once, on one line
+    assert "using the copy shipped with hcld-bids" in lines[0] and "empty placeholder" in lines[0]
+    assert str(empty_templateflow) in lines[0]
+
+
+def test_without_templateflow_files_a_template_that_is_not_shipped_is_still_66(empty_templateflow):
+    with pytest.raises(MissingInputError) as info:
+        check_templates(TPL, 1)
+    assert "hcld-bids ships only MNI152NLin6Asym at resolution 2" in info.value.message
+    with pytest.raises(MissingInputError):
+        check_templates(TPL, 2, shipped=False)  # fetch_templates checks TemplateFlow's own files
+
+
+def test_participant_level_runs_offline_on_the_shipped_template(empty_templateflow, scans_dir, tmp_path, capsys):
+    from hcld_bids.cli.run import main
+    from hcld_bids.testing import make_bids_dataset
+
+    bids = make_bids_dataset(tmp_path / "bids", subjects={"01": "siemens"}, scans_dir=scans_dir)
+    code = main([str(bids), str(tmp_path / "out"), "participant", "--target-site", "siteA", "--boilerplate-only",
+                 "-w", str(tmp_path / "work"), "--skip-bids-validation"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert err.count("using the copy shipped with hcld-bids") == 1
+    assert "copy distributed with hcld-bids" in (tmp_path / "out" / "logs" / "CITATION.md").read_text()
+
+
+def test_fetch_templates_without_network_leads_with_the_shipped_copy(empty_templateflow, monkeypatch):
+    from templateflow import api
+
+    from hcld_bids import fetch_templates
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'templateflow.s3.amazonaws.com'")
+
+    monkeypatch.setattr(api, "get", offline)
+    with pytest.raises(MissingInputError) as info:
+        fetch_templates.fetch(TPL, 2)
+    assert info.value.message.startswith("no network: hcld-bids ships MNI152NLin6Asym at resolution 2; run "
+                                         "`python -m hcld_bids.fetch_templates --offline`")

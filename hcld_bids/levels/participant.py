@@ -23,6 +23,13 @@ from .model import check_memory, open_model, resolve_torch_device
 LOGGER = logging.getLogger("hcld_bids")
 
 
+def template_source(model) -> str:
+    """``"shipped"`` when the model's template files are the package's copies, else ``"templateflow"``."""
+    from ..templates import is_shipped
+
+    return "shipped" if is_shipped(model.template_file) else "templateflow"
+
+
 def write_participant_reports(config, subjects) -> list[Path]:
     """Write ``OUTPUT_DIR/sub-<label>.html`` for each subject that has outputs (others are skipped)."""
     from ..errors import NoDataError
@@ -62,7 +69,7 @@ def run_participant(config, records) -> int:
     model, device = participant_checks(config, records)
     subjects = [r.subject for r in records]
     if config.execution.boilerplate_only:
-        path = write_boilerplate(config, model.manifest, device=device)
+        path = write_boilerplate(config, model.manifest, device=device, template_source=template_source(model))
         LOGGER.info("methods boilerplate written to %s", path)
         return 0
     if config.execution.reports_only:
@@ -82,7 +89,7 @@ def run_participant(config, records) -> int:
                 model.sha256[:12], device)
     started = time.time()
     run_workflow(workflow, config)
-    write_boilerplate(config, model.manifest, device=device)
+    write_boilerplate(config, model.manifest, device=device, template_source=template_source(model))
     write_participant_reports(config, subjects)
     stale = remove_stale_temporaries(config.execution.output_dir, subjects, older_than=started)
     if stale:

@@ -133,7 +133,7 @@ def run_train(config, records) -> int:
     from ..model.training.distributed import setup
     from ..preproc.grid import model_grid
     from ..preproc.spec import preprocessing_spec
-    from ..templates import check_templates
+    from ..templates import check_templates, is_shipped
     from .execution import check_t1w_images
     from .model import model_error, resolve_torch_device
 
@@ -153,7 +153,7 @@ def run_train(config, records) -> int:
                           f"{config.execution.bids_dir}")
     template, resolution = DEFAULT_TEMPLATE, int(config.training.template_resolution)
     grid = model_grid(template, resolution)
-    check_templates(template, resolution)
+    template_files = check_templates(template, resolution)
     spec = preprocessing_spec(template, resolution)
     check_t1w_images(records)
     sites = [r.site for r in records]
@@ -221,5 +221,6 @@ def run_train(config, records) -> int:
     LOGGER.warning("model bundle written to %s (sites: %s)", dest, ", ".join(sorted(ldm.prototypes)))
     from .execution import write_boilerplate
 
-    write_boilerplate(config, manifest, device=str(device))
+    write_boilerplate(config, manifest, device=str(device),
+                      template_source="shipped" if is_shipped(template_files["T1w"]) else "templateflow")
     return 0

@@ -213,6 +213,7 @@ def citation_context(config=None, manifest: Mapping | None = None, **overrides) 
     Keys (all optional; a missing value leaves its phrase out of the text):
 
     ``level`` ("participant" or "train"), ``versions`` (:func:`collect_versions`), ``template``,
+    ``template_source`` ("templateflow", or "shipped" for the copy in the package),
     ``template_resolution_mm``, ``grid_shape``, ``registration`` ("affine" or "syn"), ``n4`` (bool),
     ``intensity_scaling`` ({"low_percentile", "high_percentile"}), ``model`` (``name``, ``sha256``,
     ``source``, ``autoencoder`` {channels, latent_channels, downsampling, num_res_blocks}, ``unet``
@@ -229,6 +230,7 @@ def citation_context(config=None, manifest: Mapping | None = None, **overrides) 
         "versions": collect_versions(),
         "template": preprocessing.get("template", "MNI152NLin6Asym"),
         "template_resolution_mm": preprocessing.get("resolution"),
+        "template_source": "templateflow",
         "grid_shape": preprocessing.get("grid_shape") or preprocessing.get("shape"),
         "registration": preprocessing.get("registration", "affine"),
         "n4": True,

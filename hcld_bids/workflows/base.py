@@ -75,6 +75,7 @@ def static_provenance(config, model, record, device: str) -> dict:
     import torch
 
     from .. import __version__
+    from ..templates import is_shipped
     from .harmonization import inference_regime
 
     reference = config.workflow.reference_image
@@ -92,6 +93,7 @@ def static_provenance(config, model, record, device: str) -> dict:
         "RandomSeed": int(config.workflow.random_seed),
         "RequestedDevice": config.workflow.device,
         "Template": model.template,
+        "TemplateSource": "hcld-bids (shipped copy)" if is_shipped(model.template_file) else "TemplateFlow",
         "TemplateResolution": model.resolution,
         "Registration": model.registration,
         **({"SloppyPreprocessing": True} if config.workflow.sloppy else {}),
