@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 from ..errors import CannotCreateOutputError, HCLDError
@@ -93,9 +94,125 @@ def _disk_full_crash(crash_files) -> str | None:
     return None
 
 
-def run_workflow(workflow, config) -> None:
-    """Run a nipype workflow with the run's settings; a failed node ends the run (exit 1) naming its crash file,
-    or with exit 73 when the node failed because the disk or quota is full."""
+#: What a failed node was doing, in the user's words: (sub-workflow, node) or node -> step.
+_STEPS = {
+    "validate": "the input check", "n4_head": "the bias correction (N4, whole head)",
+    "register": "the registration to the template", "mask_first": "the first brain mask",
+    "mask_first_native": "the first brain mask in T1w space", "n4_brain": "the bias correction (N4, brain)",
+    ("anat_preproc_wf", "to_template"): "the resampling to the template", "brain_mask": "the brain mask",
+    "brain_mask_native": "the brain mask in T1w space", "scale": "the intensity scaling",
+    "crop": "the crop to the model grid", "harmonize": "the harmonization",
+    ("harmonization_wf", "to_template"): "placing the harmonized image on the template grid",
+    "to_native": "the resampling of the harmonized image to T1w space", "harmonization_qc": "the quality control",
+    "itk_xfm": "the export of the transform", "provenance": "the provenance record",
+    "outputs_wf": "writing the outputs", "export_training_input": "the export of the training inputs",
+}
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)|[A-Z]\w*Error\w*): ?(.*)$")
+
+
+def _t1w_labels(records) -> dict[str, str]:
+    """``sub_<l>_wf.<t1w wf name>`` -> ``sub-<l>_..._T1w`` (the image a node path belongs to)."""
+    from ..workflows.base import _t1w_label, subject_wf_name, t1w_wf_name
+
+    return {f"{subject_wf_name(r.subject)}.{t1w_wf_name(r)}": f"{_t1w_label(r)}_T1w" for r in records or []}
+
+
+def read_crash_file(path) -> tuple[str, str]:
+    """``(node full name, last exception line)`` of a nipype crash file (text format)."""
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return "", ""
+    node = next((line[len("Node:"):].strip() for line in lines if line.startswith("Node:")), "")
+    error = ""
+    for line in lines[next((i for i, line in enumerate(lines) if line.startswith("Traceback")), len(lines)):]:
+        match = _EXCEPTION_LINE.match(line.strip())
+        if match and not match.group(1).endswith("NodeExecutionError"):
+            error = f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2)}".strip().rstrip(":")
+    return node, " ".join(error.split())[:300]
+
+
+def describe_failure(node: str, records=None) -> str:
+    """``sub-01 (sub-01_T1w): the registration to the template`` for the full name of a failed node."""
+    parts = node.split(".")[1:] if node.startswith("hcld_bids_wf.") else node.split(".")
+    labels = _t1w_labels(records)
+    step = _STEPS.get(tuple(parts[-2:])) if len(parts) >= 2 else None
+    step = step or _STEPS.get(parts[-1]) or next((_STEPS[p] for p in parts[::-1] if p in _STEPS), None)
+    step = step or f"step {parts[-1] if parts else node}"
+    if parts and parts[0] == "reference_preproc_wf":
+        return f"the --reference-image: {step}"
+    who = ""
+    if parts and (match := re.match(r"^sub_([A-Za-z0-9]+)_wf$", parts[0])):
+        image = labels.get(".".join(parts[:2])) if len(parts) > 1 else None
+        who = f"sub-{match.group(1)}" + (f" ({image})" if image else "")
+    return f"{who}: {step}" if who else step
+
+
+def failure_message(crash_files, records=None) -> str:
+    """One line for a run whose nodes failed: who, which step, the error, the crash file, what to do."""
+    failures = []
+    for crash in crash_files:
+        node, error = read_crash_file(crash)
+        failures.append((describe_failure(node, records) if node else "a step", error, crash))
+    if not failures:
+        return ("a workflow step failed without leaving a crash file; rerun with -v to see nipype's messages "
+                "(finished steps are reused)")
+    what, error, crash = failures[0]
+    line = f"{what} failed" + (f" ({error})" if error else "") + f"; crash file: {crash}"
+    if len(failures) > 1:
+        others = sorted({f[0].split(":")[0] for f in failures[1:]})
+        line += (f"; {len(failures) - 1} more failed step(s) ({', '.join(others[:5])}), crash files next to "
+                 "that one")
+    return line + "; fix the cause and run the same command again (finished steps are reused)"
+
+
+def crash_files(config) -> list[str]:
+    """Crash files this run wrote (``OUTPUT_DIR/sub-*/log/<run uuid>/``), oldest first."""
+    found = config.execution.output_dir.glob(f"sub-*/log/{config.execution.run_uuid}/crash-*")
+    return [str(p) for p in sorted(found, key=lambda p: (p.stat().st_mtime, p.name))]
+
+
+def remove_old_crash_files(config, records) -> list[Path]:
+    """After a successful run: remove crash files of earlier runs for the images this run finished.
+
+    Only crash files of nodes of these images (and of the reference image) go; crash files of other
+    images of the same subject (e.g. another session, not selected this time) stay. Empty run
+    directories under ``sub-<label>/log/`` are removed too.
+    """
+    labels = _t1w_labels(records)
+    reference = bool(getattr(config.workflow, "reference_image", None))
+    removed = []
+    for subject in sorted({r.subject for r in records}):
+        log_dir = config.execution.output_dir / f"sub-{subject}" / "log"
+        if not log_dir.is_dir():
+            continue
+        for run_dir in sorted(d for d in log_dir.iterdir() if d.is_dir() and d.name != config.execution.run_uuid):
+            for crash in sorted(run_dir.glob("crash-*")):
+                node, _ = read_crash_file(crash)
+                parts = node.split(".")[1:]
+                if ".".join(parts[:2]) in labels or (reference and parts[:1] == ["reference_preproc_wf"]):
+                    crash.unlink(missing_ok=True)
+                    removed.append(crash)
+            try:
+                run_dir.rmdir()  # only when empty
+            except OSError:
+                pass
+        try:
+            log_dir.rmdir()
+        except OSError:
+            pass
+    if removed:
+        LOGGER.info("removed %d crash file(s) of earlier runs: this run finished those steps", len(removed))
+    return removed
+
+
+def run_workflow(workflow, config, records=None) -> None:
+    """Run a nipype workflow with the run's settings.
+
+    A failed node ends the run with one line (exit 1) naming the subject, the image and the step, the error
+    and the crash file (:func:`failure_message`), or with exit 73 when it failed because the disk or quota is
+    full. ``records``: the T1w images of the graph, to name them.
+    """
     configure_nipype(config)
     # A workflow keeps the global settings of the moment it was built, and they win over later global
     # changes: set them on the workflow itself too.
@@ -107,16 +224,16 @@ def run_workflow(workflow, config) -> None:
     gc.freeze()
     try:
         workflow.run(**plugin_settings(config))
-    except RuntimeError as err:
-        crashes = sorted(str(p) for p in config.execution.output_dir.glob(f"sub-*/log/{config.execution.run_uuid}/*"))
-        where = f"; crash file(s): {', '.join(crashes[:3])}" if crashes else ""
+    except RuntimeError:
+        crashes = crash_files(config)
         full = _disk_full_crash(crashes)
         if full is not None:
+            where = f"; crash file(s): {', '.join(crashes[:3])}" if crashes else ""
             raise CannotCreateOutputError(
                 f"the disk is full ({full}){where}; free space on the file system of OUTPUT_DIR or the work "
                 "directory and rerun (finished steps are reused from the work directory)"
             ) from None
-        raise HCLDError(f"{' '.join(str(err).split())[:300]}{where}") from None
+        raise HCLDError(failure_message(crashes, records)) from None
     finally:
         gc.unfreeze()
 

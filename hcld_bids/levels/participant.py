@@ -17,7 +17,13 @@ from pathlib import Path
 
 from ..bids.atomic import remove_stale_temporaries
 from ..errors import UsageError
-from .execution import check_reference_image, check_t1w_images, run_workflow, write_boilerplate
+from .execution import (
+    check_reference_image,
+    check_t1w_images,
+    remove_old_crash_files,
+    run_workflow,
+    write_boilerplate,
+)
 from .model import check_memory, open_model, resolve_torch_device
 
 LOGGER = logging.getLogger("hcld_bids")
@@ -88,7 +94,8 @@ def run_participant(config, records) -> int:
     LOGGER.info("harmonizing %d T1w image(s) with model %s (%s) on %s", len(records), model.name,
                 model.sha256[:12], device)
     started = time.time()
-    run_workflow(workflow, config)
+    run_workflow(workflow, config, records)
+    remove_old_crash_files(config, records)
     write_boilerplate(config, model.manifest, device=device, template_source=template_source(model))
     write_participant_reports(config, subjects)
     stale = remove_stale_temporaries(config.execution.output_dir, subjects, older_than=started)

@@ -31,12 +31,13 @@ DEFAULT_TEMPLATE = "MNI152NLin6Asym"
 def preprocess_for_training(config, records, *, template, resolution, grid, registration):
     """Run the preprocessing (reusing the work directory) and load the model-grid volumes and masks."""
     from ..workflows.train import init_train_preproc_wf
-    from .execution import run_workflow
+    from .execution import remove_old_crash_files, run_workflow
 
     workflow = init_train_preproc_wf(config, records, template=template, resolution=resolution, grid=grid,
                                      registration=registration)
     LOGGER.info("preprocessing %d T1w image(s) for training", len(records))
-    run_workflow(workflow, config)
+    run_workflow(workflow, config, records)
+    remove_old_crash_files(config, records)
     return load_training_inputs(config, records)
 
 

@@ -41,6 +41,18 @@ def t1w_wf_name(record) -> str:
                       record.run is not None and f"run_{record.run}") + "_wf"
 
 
+def _subject_execution(config, subject: str) -> dict:
+    """nipype ``execution`` settings of a participant's sub-workflow: its crash files go to
+    ``OUTPUT_DIR/sub-<label>/log/<run uuid>/`` (as in fMRIPrep)."""
+    return {
+        "crashdump_dir": str(config.execution.output_dir / f"sub-{subject}" / "log" / config.execution.run_uuid),
+        "crashfile_format": "txt",
+        "stop_on_first_crash": bool(config.nipype.stop_on_first_crash),
+        "remove_unnecessary_outputs": False,
+        "hash_method": "content",
+    }
+
+
 def _provenance(static, style, device, wall_time, timings, low, high):
     """The "HCLD" block of the harmonized image's sidecar."""
     block = dict(static)
@@ -188,13 +200,7 @@ def init_hcld_wf(config, records, model, device: str):
         by_subject[record.subject].append(record)
     for subject, subject_records in sorted(by_subject.items()):
         subject_wf = pe.Workflow(name=subject_wf_name(subject))
-        subject_wf.config["execution"] = {
-            "crashdump_dir": str(config.execution.output_dir / f"sub-{subject}" / "log" / config.execution.run_uuid),
-            "crashfile_format": "txt",
-            "stop_on_first_crash": bool(config.nipype.stop_on_first_crash),
-            "remove_unnecessary_outputs": False,
-            "hash_method": "content",
-        }
+        subject_wf.config["execution"] = _subject_execution(config, subject)
         for record in subject_records:
             t1w_wf = init_single_t1w_wf(config, model, record, device, name=t1w_wf_name(record))
             subject_wf.add_nodes([t1w_wf])

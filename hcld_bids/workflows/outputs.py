@@ -20,6 +20,14 @@ INPUT_FIELDS = [
 ]
 
 
+class _MergeSources(niu.Merge):
+    """``niu.Merge`` that always runs: its inputs are paths in OUTPUT_DIR, and nipype hashes a file by its
+    content, not its path, so a cached result would hand another output directory's paths (a work
+    directory shared by several output directories) to the sink."""
+
+    _always_run = True
+
+
 def _sidecar(provenance, qc):
     return {"HCLD": provenance, "QC": qc}
 
@@ -56,7 +64,7 @@ def init_outputs_wf(*, output_dir, bids_dir, template: str, resolution: int, nat
     ds_harmonized = pe.Node(DerivativesDataSink(**common, **space, desc="harmonized", suffix="T1w", compress=True,
                                                 data_dtype="float32", SkullStripped=True),
                             name="ds_harmonized", run_without_submitting=True)
-    sources = pe.Node(niu.Merge(2), name="sources", run_without_submitting=True)
+    sources = pe.Node(_MergeSources(2), name="sources", run_without_submitting=True)
 
     workflow.connect([
         (inputnode, ds_preproc, [("source_file", "source_file"), ("t1w_preproc", "in_file"),

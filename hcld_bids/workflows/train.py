@@ -34,7 +34,8 @@ def init_train_preproc_wf(config, records, *, template: str, resolution: int, gr
     """One anatomical preprocessing per T1w; its model-grid outputs copied to ``<work>/train/inputs``.
 
     Workflow and node names are those of the participant level (``hcld_bids_wf/sub_*_wf/t1w*_wf/
-    anat_preproc_wf``), so a participant run in the same work directory finds these results cached.
+    anat_preproc_wf``), so a participant run in the same work directory finds these results cached; crash
+    files go where the participant level puts them (``OUTPUT_DIR/sub-<label>/log/<run uuid>/``).
     """
     from collections import defaultdict
 
@@ -42,7 +43,9 @@ def init_train_preproc_wf(config, records, *, template: str, resolution: int, gr
     from nipype.pipeline import engine as pe
 
     from .anatomical import init_anat_preproc_wf
-    from .base import subject_wf_name, t1w_wf_name
+    from copy import deepcopy
+
+    from .base import _subject_execution, subject_wf_name, t1w_wf_name
 
     workflow = pe.Workflow(name="hcld_bids_wf", base_dir=str(config.execution.work_dir))
     outdir = training_inputs_dir(config)
@@ -69,5 +72,8 @@ def init_train_preproc_wf(config, records, *, template: str, resolution: int, gr
                             (anat, export, [("outputnode.model_t1w", "model_t1w"),
                                             ("outputnode.model_mask", "model_mask")])])
             subject_wf.add_nodes([t1w_wf])
+        subject_wf.config["execution"] = _subject_execution(config, subject)
+        for node in subject_wf._get_all_nodes():
+            node.config = deepcopy(subject_wf.config)
         workflow.add_nodes([subject_wf])
     return workflow
