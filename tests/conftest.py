@@ -92,7 +92,8 @@ def _bids_dir_never_written(monkeypatch):
     """Every run of the app in this test session proves it wrote nothing into BIDS_DIR.
 
     Wraps :func:`hcld_bids.cli.run.run` (what ``main`` calls once the arguments are checked): the input
-    tree is fingerprinted before and after, and a test whose run changed it fails, whatever its exit code.
+    tree is fingerprinted before and after (less an OUTPUT_DIR at BIDS_DIR/derivatives/<name>), and a test
+    whose run changed it fails, whatever its exit code.
     Tests that start the app in a subprocess compare the tree themselves.
     """
     from hcld_bids.cli import run as run_module
@@ -101,13 +102,20 @@ def _bids_dir_never_written(monkeypatch):
     original = run_module.run
     changed = []
 
+    def snapshot(config):
+        # an OUTPUT_DIR at BIDS_DIR/derivatives/<name> is the one place inside BIDS_DIR the app may write
+        bids_dir, output_dir = config.execution.bids_dir, config.execution.output_dir
+        own = output_dir.relative_to(bids_dir).as_posix() if output_dir.is_relative_to(bids_dir) else None
+        return {rel: value for rel, value in tree_snapshot(bids_dir).items()
+                if own is None or not (rel == own or rel.startswith(own + "/") or own.startswith(rel + "/"))}
+
     def guarded(config):
         bids_dir = config.execution.bids_dir
-        before = tree_snapshot(bids_dir) if bids_dir.is_dir() else None
+        before = snapshot(config) if bids_dir.is_dir() else None
         try:
             return original(config)
         finally:
-            if before is not None and tree_snapshot(bids_dir) != before:
+            if before is not None and snapshot(config) != before:
                 changed.append(str(bids_dir))
 
     monkeypatch.setattr(run_module, "run", guarded)

@@ -197,7 +197,7 @@ def build_parser() -> HCLDArgumentParser:
         "output_dir",
         type=Path,
         metavar="OUTPUT_DIR",
-        help="the root of the output derivatives dataset (must not be BIDS_DIR or inside it)",
+        help="the root of the output derivatives dataset: outside BIDS_DIR, or BIDS_DIR/derivatives/<name>",
     )
     # Checked after parsing (exit code 17 for an unknown level, not the 64 of a usage error).
     parser.add_argument(

@@ -56,6 +56,13 @@ def _is_within(path: Path, other: Path) -> bool:
     return path == other or path.is_relative_to(other)
 
 
+def is_derivatives_of(output_dir: Path, bids_dir: Path) -> bool:
+    """Whether ``output_dir`` is ``BIDS_DIR/derivatives/<name>``, where BIDS keeps derivatives datasets (the one
+    place inside BIDS_DIR an OUTPUT_DIR may be; BIDS_DIR's index and validation leave derivatives/ out)."""
+    output_dir, bids_dir = output_dir.resolve(), bids_dir.resolve()
+    return output_dir.parent == bids_dir / "derivatives" and not output_dir.name.startswith(".")
+
+
 def parse_output_spaces(values: list[str] | None) -> list[str]:
     """Check ``--output-spaces`` values: ``T1w`` or a TemplateFlow template name, no modifiers."""
     spaces: list[str] = []
@@ -103,10 +110,11 @@ def build_config(args: argparse.Namespace) -> Config:
         raise MissingInputError(f"BIDS_DIR {bids_dir} does not exist")
     if not bids_dir.is_dir():
         raise MissingInputError(f"BIDS_DIR {bids_dir} is not a directory")
-    if _is_within(output_dir, bids_dir):
+    if _is_within(output_dir, bids_dir) and not is_derivatives_of(output_dir, bids_dir):
         raise UsageError(
-            f"OUTPUT_DIR {output_dir} is BIDS_DIR or inside it; hcld-bids never writes into the input "
-            "dataset: choose an OUTPUT_DIR outside BIDS_DIR"
+            f"OUTPUT_DIR {output_dir} is BIDS_DIR or inside it; hcld-bids writes into BIDS_DIR only as "
+            f"BIDS_DIR/derivatives/<name> (e.g. {bids_dir / 'derivatives' / 'hcld-bids'}): choose that or an "
+            "OUTPUT_DIR outside BIDS_DIR"
         )
     if _is_within(work_dir, bids_dir):
         raise UsageError(f"work directory {work_dir} is inside BIDS_DIR; choose one outside with -w/--work-dir")

@@ -10,7 +10,7 @@ import pytest
 
 from hcld_bids.config import Config
 from hcld_bids.errors import BadDataError
-from hcld_bids.testing import hash_tree, make_bids_dataset
+from hcld_bids.testing import hash_tree, make_bids_dataset, tree_snapshot
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -177,7 +177,9 @@ def test_unknown_level_exits_17(dataset, tmp_path, run_cli):
     ("where", "match"),
     [
         (lambda ds, tmp: [ds, ds], "OUTPUT_DIR .* is BIDS_DIR or inside it"),
-        (lambda ds, tmp: [ds, ds / "derivatives" / "hcld"], "OUTPUT_DIR .* is BIDS_DIR or inside it"),
+        (lambda ds, tmp: [ds, ds / "derivatives"], "OUTPUT_DIR .* is BIDS_DIR or inside it"),
+        (lambda ds, tmp: [ds, ds / "derivatives" / "a" / "b"], "only as BIDS_DIR/derivatives/<name>"),
+        (lambda ds, tmp: [ds, ds / "sub-01" / "hcld"], "OUTPUT_DIR .* is BIDS_DIR or inside it"),
         (lambda ds, tmp: [ds, tmp / "out", "-w", ds / "work"], "work directory .* is inside BIDS_DIR"),
         (lambda ds, tmp: [ds, tmp / "out", "--bids-database-dir", ds / "db"], "--bids-database-dir .* inside BIDS_DIR"),
     ],
@@ -190,6 +192,27 @@ def test_writing_into_bids_dir_is_refused_with_64(dataset, tmp_path, run_cli, wh
     assert code == 64
     assert re.search(match, _error_only(err))
     assert hash_tree(dataset) == before
+
+
+def test_output_dir_under_bids_dir_derivatives_is_allowed_and_never_indexed(dataset, tmp_path, dispatch, run_cli):
+    out = dataset / "derivatives" / "hcld"
+    before = {rel: v for rel, v in tree_snapshot(dataset).items() if not rel.startswith("derivatives")}
+    code, err = run_cli(dataset, out, "participant", "--target-site", "uih", "-w", tmp_path / "w",
+                        "--skip-bids-validation")
+    assert code == 0, err
+    (config, records), = dispatch.calls
+    assert config.execution.output_dir == out
+    assert json.loads((out / "dataset_description.json").read_text())["DatasetType"] == "derivative"
+    # our own outputs, even ones named like raw T1w images, are not taken as inputs by a later run
+    (out / "sub-01" / "anat").mkdir(parents=True)
+    (out / "sub-01" / "anat" / "sub-01_T1w.nii.gz").write_bytes(
+        (dataset / "sub-01" / "anat" / "sub-01_T1w.nii.gz").read_bytes())
+    code, _ = run_cli(dataset, out, "participant", "--target-site", "uih", "-w", tmp_path / "w",
+                      "--skip-bids-validation")
+    assert code == 0
+    assert [r.relpath for r in dispatch.calls[1][1]] == [r.relpath for r in records] == [
+        f"sub-0{i}/anat/sub-0{i}_T1w.nii.gz" for i in (1, 2, 3)]
+    assert {rel: v for rel, v in tree_snapshot(dataset).items() if not rel.startswith("derivatives")} == before
 
 
 def test_unwritable_output_exits_73(dataset, tmp_path, run_cli):
