@@ -44,8 +44,8 @@ class T1wRecord:
     """One T1w image to process.
 
     ``entities`` are the BIDS entities of the file name (subject, session, run, acquisition, ...,
-    suffix, extension, datatype); ``metadata`` is its sidecar metadata after BIDS inheritance. ``site`` and
-    ``site_source`` are filled by :func:`hcld_bids.bids.sites.resolve_sites`.
+    suffix, extension, datatype); ``metadata`` is its sidecar metadata after BIDS inheritance. ``site``,
+    ``site_source`` and ``site_value`` are filled by :func:`hcld_bids.bids.sites.resolve_sites`.
     """
 
     path: Path
@@ -58,6 +58,8 @@ class T1wRecord:
     metadata: dict = field(compare=False, hash=False)
     site: str | None = None
     site_source: str | None = None
+    #: the site as written in the table it came from (``"Site A-1"`` for the label ``"SiteA1"``)
+    site_value: str | None = None
 
     def sort_key(self) -> tuple:
         """Order by subject, session, acquisition, reconstruction, run (as a number), then path."""

@@ -8,10 +8,12 @@ First found wins, per image:
    ManufacturersModelName, MagneticFieldStrength, and DeviceSerialNumber (or InstitutionName when the
    serial number is missing).
 
-An empty cell (``n/a`` or blank) falls through to the next source. Site labels are letters and digits
+An empty cell (``n/a`` or blank) falls through to the next source. Site labels are ASCII letters and digits
 only, so that they work as ``--target-site`` values and as BIDS labels: table values keep their letters and
-digits (``"Site A-1"`` -> ``"SiteA1"``); a scanner gives e.g. ``"SiemensMAGNETOMPrismaFit3T67093"``
-(manufacturer, model, field strength in tesla with ``p`` for a decimal point, serial number).
+digits, accented letters transliterated (``"Site A-1"`` -> ``"SiteA1"``, ``"Hôpital-Sud"`` ->
+``"HopitalSud"``); a scanner gives e.g. ``"SiemensMAGNETOMPrismaFit3T67093"`` (manufacturer, model, field
+strength in tesla with ``p`` for a decimal point, serial number). Two different names that give one label
+(``"Site A"`` and ``"SiteA"``) are an error naming both, never one site.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import difflib
 import logging
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -46,9 +49,16 @@ _MISSING = {"", "n/a"}
 _IMAGES_IN_MESSAGE = 5
 
 
+#: Letters that Unicode does not decompose into an ASCII letter and accents.
+_TRANSLITERATION = str.maketrans({"ß": "ss", "Æ": "AE", "æ": "ae", "Ø": "O", "ø": "o", "Œ": "OE", "œ": "oe",
+                                  "Ł": "L", "ł": "l", "Đ": "D", "đ": "d", "Þ": "Th", "þ": "th", "ı": "i"})
+
+
 def sanitize_label(text) -> str:
-    """Keep the ASCII letters and digits of ``text`` (``"Site A-1"`` -> ``"SiteA1"``)."""
-    return re.sub(r"[^A-Za-z0-9]", "", str(text))
+    """Keep the ASCII letters and digits of ``text``, accented letters transliterated (``"Site A-1"`` ->
+    ``"SiteA1"``, ``"Hôpital-Sud"`` -> ``"HopitalSud"``, ``"Tromsø"`` -> ``"Tromso"``)."""
+    decomposed = unicodedata.normalize("NFKD", str(text).translate(_TRANSLITERATION))
+    return re.sub(r"[^A-Za-z0-9]", "", "".join(c for c in decomposed if not unicodedata.combining(c)))
 
 
 def _field_strength(value) -> str:
@@ -176,27 +186,27 @@ def resolve_sites(
     missing: list[T1wRecord] = []
     fell_back: list[T1wRecord] = []
     for record in records:
-        site = source = None
+        site = source = raw = None
         if participants is not None:
             value = participants.get(f"sub-{record.subject}", "")
             if value not in _MISSING and sanitize_label(value):
-                site, source = sanitize_label(value), SOURCE_PARTICIPANTS
+                site, source, raw = sanitize_label(value), SOURCE_PARTICIPANTS, value
                 raw_values.setdefault(site, set()).add(value)
         if site is None and record.session is not None:
             sessions = sessions_of(record.subject)
             if sessions is not None:
                 value = sessions.get(f"ses-{record.session}", "")
                 if value not in _MISSING and sanitize_label(value):
-                    site, source = sanitize_label(value), SOURCE_SESSIONS
+                    site, source, raw = sanitize_label(value), SOURCE_SESSIONS, value
                     raw_values.setdefault(site, set()).add(value)
         if site is None:
-            site = scanner_site_label(record.metadata)
+            site = raw = scanner_site_label(record.metadata)
             source = SOURCE_SCANNER if site else None
             if site is not None and participants is not None:
                 fell_back.append(record)
         if site is None:
             missing.append(record)
-        resolved.append(dataclasses.replace(record, site=site, site_source=source))
+        resolved.append(dataclasses.replace(record, site=site, site_source=source, site_value=raw))
 
     if site_column is not None and participants is None and all(
         sessions_cache.get(r.subject) is None for r in records if r.session is not None
@@ -228,17 +238,39 @@ def resolve_sites(
     return resolved
 
 
-def check_target_site(name: str, known: Iterable[str]) -> str:
+def _did_you_mean(name: str, known: list[str]) -> str | None:
+    """The known label closest to ``name`` (case ignored first), or None."""
+    lowered = {k.lower(): k for k in known}
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[close[0]] if close else None
+
+
+def check_target_site(name: str, known: Iterable[str], *, records: Iterable[T1wRecord] | None = None,
+                      add_hint: bool = True) -> str:
     """Return the known site label that ``name`` designates; :class:`UsageError` (64) if none.
 
-    ``name`` may be given as in the site table (``"Site A-1"``) or as the label (``"SiteA1"``).
+    ``name`` may be given as in the site table (``"Site A-1"``) or as the label (``"SiteA1"``). The error
+    says which known site is closest, lists them all and (``add_hint``, the participant level) how to add
+    the site from its own images (``train --add-site-prototypes``), naming its participants among
+    ``records`` when there are any.
     """
     known = sorted(set(known))
     label = sanitize_label(name)
     if label in known:
         return label
-    close = difflib.get_close_matches(label, known, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    raise UsageError(
-        f"unknown --target-site {name!r}{hint}; known sites: {', '.join(known) if known else 'none'}"
-    )
+    close = _did_you_mean(label or str(name), known)
+    hint = f" (did you mean {close}?)" if close else ""
+    message = f"unknown --target-site {name!r}{hint}; known sites: {', '.join(known) if known else 'none'}"
+    if add_hint:
+        own = sorted({r.subject for r in records or [] if r.site == label})
+        if own:
+            shown = " ".join(own[:10]) + (" ..." if len(own) > 10 else "")
+            how = f"--participant-label {shown}"
+        else:
+            how = f"--participant-label <participants whose site is {label}>"
+        message += (f"; to add site {label} from its own images, run `hcld-bids BIDS_DIR OUTPUT_DIR train "
+                    f"--add-site-prototypes {how}` (with the same --model, if any), then this command again "
+                    "(without --model it then uses OUTPUT_DIR/models/hcld, where that run writes the model)")
+    raise UsageError(message)

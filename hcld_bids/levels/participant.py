@@ -56,7 +56,8 @@ def participant_checks(config, records):
 
     model = open_model(config.workflow.model, source=config.workflow.model_source)
     if config.workflow.target_site:
-        config.workflow.target_site = check_target_site(config.workflow.target_site, list(model.sites))
+        config.workflow.target_site = check_target_site(config.workflow.target_site, list(model.sites),
+                                                        records=records)
     if config.workflow.reference_image:
         check_reference_image(config.workflow.reference_image)
     spaces = [s for s in config.workflow.output_spaces if s != "T1w"]

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from ..errors import HCLDError, NoDataError
+from ..errors import BadDataError, HCLDError, NoDataError
 from ..reports.metrics import site_histograms  # noqa: F401 - also imported from here by scripts
 
 LOGGER = logging.getLogger("hcld_bids")
@@ -64,6 +64,22 @@ def _data_summary(records, sites) -> dict:
     }
 
 
+def check_new_sites(records, model) -> None:
+    """Prototypes may be added for new sites (or replace added ones), never for a site the networks were
+    trained on: a site of the images whose label is a training site of the model is bad data (65), named
+    with both spellings, since the two would silently become one site."""
+    trained = model.trained_sites
+    for record in records:
+        if record.site in trained:
+            written = f"{record.site_value!r} ({record.site_source})" if record.site_value != record.site else (
+                f"{record.site!r} ({record.site_source})")
+            raise BadDataError(
+                f"the site {written} of {record.relpath} has the label {record.site!r}, which is a site the model "
+                f"{model.path} was trained on ({trained[record.site]} images): --add-site-prototypes would make "
+                f"the two one site; give these images a site name of their own, or leave them out"
+            )
+
+
 def add_site_prototypes(config, records) -> int:
     """Prototype-only mode: copy ``--model`` to OUTPUT_DIR/models/hcld with the selected sites' prototypes."""
     from ..config import TRAINED_MODEL_SUBDIR
@@ -74,6 +90,7 @@ def add_site_prototypes(config, records) -> int:
 
     model = open_model(config.workflow.model, source=config.workflow.model_source)
     dest = config.execution.output_dir / TRAINED_MODEL_SUBDIR
+    check_new_sites(records, model)
     check_t1w_images(records)
     volumes, masks = preprocess_for_training(config, records, template=model.template, resolution=model.resolution,
                                              grid=model.grid, registration=model.registration)
@@ -161,7 +178,7 @@ def run_train(config, records) -> int:
     if config.workflow.target_site:
         from ..bids.sites import check_target_site
 
-        config.workflow.target_site = check_target_site(config.workflow.target_site, sites)
+        config.workflow.target_site = check_target_site(config.workflow.target_site, sites, add_hint=False)
     if len(set(sites)) < 2:
         LOGGER.warning("all training images come from one site (%s): the model can only learn that site's style",
                        sites[0])

@@ -17,6 +17,10 @@ def _sites(root, **kwargs):
     return [(r.relpath, r.site, r.site_source) for r in records]
 
 
+def _records(root, **kwargs):
+    return [(r, r.site, r.site_value) for r in resolve_sites(collect_t1w(open_layout(root)), root, **kwargs)]
+
+
 def test_sites_from_participants_tsv(bids_participants):
     assert _sites(bids_participants) == [
         ("sub-01/anat/sub-01_T1w.nii.gz", "philips", "participants.tsv"),
@@ -113,8 +117,24 @@ def test_scanner_label_from_fields(metadata, label):
     assert scanner_site_label(metadata) == label
 
 
-def test_sanitize_keeps_ascii_letters_and_digits():
-    assert sanitize_label("Site é-3 (new)") == "Site3new"
+def test_sanitize_keeps_ascii_letters_and_digits_and_transliterates_accents():
+    assert sanitize_label("Site é-3 (new)") == "Sitee3new"
+    assert sanitize_label("Hôpital-Sud") == "HopitalSud"
+    assert sanitize_label("Tromsø Universitetssykehus") == "TromsoUniversitetssykehus"
+    assert sanitize_label("Großhadern Ærø") == "GrosshadernAEro"
+
+
+def test_accented_site_names_become_transliterated_labels(tmp_path, scans_dir):
+    root = make_bids_dataset(tmp_path / "ds", scans_dir=scans_dir, site_labels={"uih": "Hôpital-Sud"})
+    assert [site for _, site, _ in _sites(root)] == ["philips", "siemens", "HopitalSud"]
+    assert check_target_site("Hôpital-Sud", ["HopitalSud"]) == "HopitalSud"
+
+
+def test_two_names_of_one_label_are_an_error_naming_both(tmp_path, scans_dir):
+    root = make_bids_dataset(tmp_path / "ds", scans_dir=scans_dir,
+                             site_labels={"uih": "Hôpital Sud", "philips": "Hopital-Sud"})
+    with pytest.raises(BadDataError, match="'Hopital-Sud', 'Hôpital Sud' all become the label 'HopitalSud'"):
+        _sites(root)
 
 
 def test_target_site_accepts_table_spelling_or_label():
@@ -124,8 +144,27 @@ def test_target_site_accepts_table_spelling_or_label():
 
 def test_unknown_target_site_lists_known_sites():
     with pytest.raises(UsageError) as info:
-        check_target_site("siemen", ["philips", "siemens", "uih"])
+        check_target_site("siemen", ["philips", "siemens", "uih"], add_hint=False)
     assert info.value.exit_code == 64
     assert info.value.message == (
         "unknown --target-site 'siemen' (did you mean siemens?); known sites: philips, siemens, uih"
     )
+
+
+def test_unknown_target_site_says_how_to_add_it_from_its_own_images(tmp_path, scans_dir):
+    root = make_bids_dataset(tmp_path / "ds", scans_dir=scans_dir, site_labels={"uih": "Oslo"})
+    records = [record for record, _, _ in _records(root)]
+    with pytest.raises(UsageError) as info:
+        check_target_site("Oslo", ["siteA", "siteB"], records=records)
+    message = info.value.message
+    assert message.startswith("unknown --target-site 'Oslo'; known sites: siteA, siteB; to add site Oslo from its "
+                              "own images, run `hcld-bids BIDS_DIR OUTPUT_DIR train --add-site-prototypes "
+                              "--participant-label 03`")
+    assert "\n" not in message
+    with pytest.raises(UsageError, match="--participant-label <participants whose site is Bergen>"):
+        check_target_site("Bergen", ["siteA"], records=records)
+
+
+def test_did_you_mean_ignores_case_first():
+    with pytest.raises(UsageError, match=r"did you mean SiteA\?"):
+        check_target_site("sitea", ["SiteA", "SiteB"], add_hint=False)
