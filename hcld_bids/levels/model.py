@@ -8,19 +8,14 @@ specification and inference block against this pipeline, finds the template file
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from ..errors import BadDataError, HCLDError, MissingInputError, UsageError
+from ..manifest import is_demo_model, prototype_sites, trained_sites
 
 LOGGER = logging.getLogger("hcld_bids")
-
-#: Weight files whose content makes a model "the demo model" (its networks), whatever prototypes it has.
-NETWORK_FILES = ("autoencoder.safetensors", "unet.safetensors")
-
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -42,40 +37,13 @@ class ModelInfo:
 
     @property
     def trained_sites(self) -> dict:
-        """Sites the networks were trained on, with their numbers of images (see :func:`trained_sites`)."""
+        """Sites the networks were trained on, with their numbers of images (:mod:`hcld_bids.manifest`)."""
         return trained_sites(self.manifest)
 
     @property
-    def prototype_only_sites(self) -> list[str]:
+    def prototype_sites(self) -> dict:
         """Sites with a style prototype whose images the networks never saw (``--add-site-prototypes``)."""
-        return prototype_only_sites(self.manifest)
-
-
-def trained_sites(manifest: dict) -> dict[str, int]:
-    """``{site: n_images}`` of the training data, from ``manifest["training"]["data"]["sites"]``.
-
-    Sites flagged ``added_without_training`` in ``manifest["sites"]`` are never counted, whatever the
-    training record says. A manifest without a training record has no known training sites.
-    """
-    data = ((manifest or {}).get("training") or {}).get("data") or {}
-    sites = data.get("sites") or {}
-    added = {site for site, entry in ((manifest or {}).get("sites") or {}).items()
-             if isinstance(entry, dict) and entry.get("added_without_training")}
-    out = {}
-    for site, count in sites.items():
-        if site in added:
-            continue
-        try:
-            out[str(site)] = int(count)
-        except (TypeError, ValueError):
-            continue
-    return out
-
-
-def prototype_only_sites(manifest: dict) -> list[str]:
-    """Sites of ``manifest["sites"]`` that are not training sites (:func:`trained_sites`), sorted."""
-    trained = trained_sites(manifest)
-    return sorted(site for site in ((manifest or {}).get("sites") or {}) if site not in trained)
+        return prototype_sites(self.manifest)
 
 
 def model_error(err: Exception) -> HCLDError:
@@ -88,26 +56,6 @@ def model_error(err: Exception) -> HCLDError:
     if isinstance(err, UnknownSiteError):
         return UsageError(message)
     return BadDataError(message)
-
-
-@lru_cache(maxsize=1)
-def _demo_network_hashes() -> tuple | None:
-    from ..config import DEMO_MODEL_DIR
-
-    try:
-        weights = json.loads((DEMO_MODEL_DIR / "manifest.json").read_text()).get("weights") or {}
-    except (OSError, ValueError):
-        return None
-    hashes = tuple(weights.get(name) for name in NETWORK_FILES)
-    return hashes if all(hashes) else None
-
-
-def is_demo_model(manifest: dict) -> bool:
-    """Whether a bundle's networks are those of the demo model shipped with the package (a copy of it with
-    added site prototypes counts: its networks are the demo's)."""
-    demo = _demo_network_hashes()
-    weights = (manifest or {}).get("weights") or {}
-    return demo is not None and tuple(weights.get(name) for name in NETWORK_FILES) == demo
 
 
 def open_model(path: Path, *, source: str = "argument") -> ModelInfo:

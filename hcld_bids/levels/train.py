@@ -103,14 +103,21 @@ def add_site_prototypes(config, records) -> int:
         if dest.exists():
             shutil.rmtree(dest)
         tmp.replace(dest)
+    added = {"added_without_training": True, "bids_dir": str(config.execution.bids_dir),
+             "added": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    subjects = {site: sorted({r.subject for r in records if r.site == site}) for site in by_site}
     try:
+        # the networks' training record (manifest["training"]["data"]) is kept as it is: these sites are
+        # listed apart from it, each flagged added_without_training
         bundle = add_prototypes(dest, by_site, overwrite_sites=True,
                                 site_info={s: {"intensity_histogram": hists[s], "n_images": len(by_site[s]),
-                                               "added_without_training": True} for s in by_site})
+                                               "participants": subjects[s], **added} for s in by_site})
     except ModelError as err:
         raise model_error(err) from None
-    LOGGER.warning("added style prototypes of site(s) %s to %s (sites now: %s)", ", ".join(by_site), dest,
-                   ", ".join(bundle.sites))
+    from ..manifest import describe_sites
+
+    LOGGER.warning("added style prototypes of site(s) %s to %s; the model is now %s", ", ".join(by_site), dest,
+                   describe_sites(bundle.manifest))
     return 0
 
 

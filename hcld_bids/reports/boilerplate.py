@@ -182,11 +182,20 @@ def collect_versions() -> dict[str, str]:
 
 def _model_summary(manifest: Mapping | None) -> dict:
     """The parts of a model bundle manifest that the methods text describes."""
+    from ..manifest import (
+        is_demo_model,
+        prototype_sites,
+        trained_image_count,
+        trained_sites,
+        training_record,
+        unrecorded_sites,
+    )
+
     manifest = dict(manifest or {})
     autoencoder = dict((manifest.get("autoencoder") or {}).get("config") or {})
     unet = dict((manifest.get("unet") or {}).get("config") or {})
-    sites = {site: int((entry or {}).get("n_images") or (entry or {}).get("prototype", {}).get("n_images") or 0)
-             for site, entry in (manifest.get("sites") or {}).items()}
+    # the networks' training data and the sites added later as prototypes only are two lists, never one
+    sites = trained_sites(manifest)
     channels = autoencoder.get("channels")
     return {
         "name": manifest.get("name"),
@@ -202,7 +211,11 @@ def _model_summary(manifest: Mapping | None) -> dict:
         "noise_steps": (manifest.get("noise_schedule") or {}).get("num_train_timesteps")
         or (manifest.get("noise_schedule") or {}).get("num_steps"),
         "sites": sites,
-        "n_images": sum(sites.values()) or None,
+        "n_images": (trained_image_count(manifest) or None) if sites else None,
+        "training_recorded": training_record(manifest) is not None,
+        "prototype_sites": prototype_sites(manifest),
+        "unrecorded_sites": unrecorded_sites(manifest),
+        "demo": is_demo_model(manifest),
         "training": dict(manifest.get("training") or {}),
     }
 
@@ -217,7 +230,9 @@ def citation_context(config=None, manifest: Mapping | None = None, **overrides) 
     ``template_resolution_mm``, ``grid_shape``, ``registration`` ("affine" or "syn"), ``n4`` (bool),
     ``intensity_scaling`` ({"low_percentile", "high_percentile"}), ``model`` (``name``, ``sha256``,
     ``source``, ``autoencoder`` {channels, latent_channels, downsampling, num_res_blocks}, ``unet``
-    {channels, num_res_blocks}, ``noise_steps``, ``sites`` {site: n_images}, ``n_images``),
+    {channels, num_res_blocks}, ``noise_steps``, ``sites`` {site: n_images} and ``n_images`` of the training
+    data only, ``prototype_sites`` {site: n_images} added without training, ``training_recorded``,
+    ``demo``),
     ``target_site``, ``reference_image``, ``ddim_inversion_steps``, ``ddim_sampling_steps``, ``regime`` (the
     inference regime as a dict, :func:`hcld_bids.workflows.harmonization.inference_regime`), ``device``,
     ``random_seed``, ``training`` (hyper-parameters: ae_epochs, ldm_epochs, lr_ae, lr_ldm, weight_*, ...).

@@ -17,6 +17,7 @@ MANIFEST = {
     "unet": {"config": {"channels": [32, 64, 64], "num_res_blocks": 1}},
     "noise_schedule": {"num_train_timesteps": 1000},
     "sites": {"siteA": {"n_images": 30}, "siteB": {"n_images": 28}, "siteC": {"prototype": {"n_images": 31}}},
+    "training": {"data": {"n_images": 89, "n_participants": 89, "sites": {"siteA": 30, "siteB": 28, "siteC": 31}}},
     "preprocessing": {"template": "MNI152NLin6Asym", "resolution": 2, "grid_shape": [80, 96, 80]},
 }
 REQUIRED_REFERENCES = ("hcld", "nipype", "pybids", "templateflow", "ants_syn", "ants_metrics", "n4",
