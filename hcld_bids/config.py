@@ -78,6 +78,11 @@ class ExecutionConfig:
         """``OUTPUT_DIR/logs``: configs, crash files, validator reports, citation boilerplate."""
         return self.output_dir / "logs"
 
+    @property
+    def log_file(self) -> Path:
+        """``OUTPUT_DIR/logs/run-<run_uuid>.log``: everything the run logged, nipype's messages included."""
+        return self.log_dir / f"run-{self.run_uuid}.log"
+
 
 @dataclass
 class NipypeConfig:

@@ -202,12 +202,17 @@ def _check_labels(kind: str, wanted: list[str], available: list[str]) -> None:
     unknown = sorted(set(wanted) - set(available))
     if not unknown:
         return
+    import difflib
+
     prefix = "sub-" if kind == "participant" else "ses-"
     shown = ", ".join(prefix + a for a in available[:_LABELS_IN_MESSAGE]) or "none"
     if len(available) > _LABELS_IN_MESSAGE:
         shown += f", ... ({len(available)} in all)"
+    hints = [f"{prefix}{close[0]} for {prefix}{u}" for u in unknown
+             if (close := difflib.get_close_matches(u, available, n=1, cutoff=0.6))]
+    hint = f" (did you mean {'; '.join(hints)}?)" if hints else ""
     raise NoDataError(
-        f"{kind} label(s) not found in BIDS_DIR: {', '.join(prefix + u for u in unknown)}; available: {shown}"
+        f"{kind} label(s) not found in BIDS_DIR: {', '.join(prefix + u for u in unknown)}{hint}; available: {shown}"
     )
 
 

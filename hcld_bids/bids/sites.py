@@ -211,8 +211,11 @@ def resolve_sites(
     if site_column is not None and participants is None and all(
         sessions_cache.get(r.subject) is None for r in records if r.session is not None
     ):
+        columns = sorted(participants_rows[0]) if participants_rows else []
+        close = _did_you_mean(site_column, [c for c in columns if c != "participant_id"])
+        hint = f" (did you mean {close}?)" if close else ""
         raise UsageError(
-            f"--site-column {site_column!r} is not a column of {participants_file} or of any sessions.tsv"
+            f"--site-column {site_column!r} is not a column of {participants_file} or of any sessions.tsv{hint}"
         )
     clashes = {label: values for label, values in raw_values.items() if len(values) > 1}
     if clashes:

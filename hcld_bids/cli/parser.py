@@ -8,6 +8,7 @@ so that an unknown level exits with 17.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
 import sys
@@ -168,7 +169,39 @@ class HCLDArgumentParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line and exit with 64."""
 
     def error(self, message: str):
-        self.exit(UsageError.exit_code, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        self.exit(UsageError.exit_code, f"{self.prog}: error: {message}{self._suggestion(message)} "
+                                        f"(see '{self.prog} --help')\n")
+
+    def _suggestion(self, message: str) -> str:
+        """`` (did you mean --target-site?)`` for the misspelled flags of an "unrecognized arguments" error."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        flags = sorted(option for action in self._actions if action.help != argparse.SUPPRESS
+                       for option in action.option_strings if option.startswith("--"))
+        hints = []
+        for word in message.split(":", 1)[1].split():
+            if not word.startswith("-"):
+                continue
+            flag = word.split("=", 1)[0]
+            close = _close_flags(flag, flags)
+            if close:
+                hints.append((flag, " or ".join(close)))
+        if len(hints) == 1:
+            return f" (did you mean {hints[0][1]}?)"
+        return f" (did you mean {'; '.join(f'{close} for {flag}' for flag, close in hints)}?)" if hints else ""
+
+
+def _close_flags(flag: str, flags: list[str]) -> list[str]:
+    """Flags the user may have meant by ``flag``: the same after normalizing case and underscores, those that
+    hold all its words (``--ddim-steps``: both DDIM step flags), else the closest spelling."""
+    spelled = "--" + flag.lstrip("-").replace("_", "-").lower()
+    if spelled in flags:
+        return [spelled] if spelled != flag else []
+    words = set(spelled[2:].split("-"))
+    holding = [f for f in flags if words <= set(f[2:].split("-"))]
+    if 1 <= len(holding) <= 3:
+        return holding
+    return difflib.get_close_matches(spelled, flags, n=1, cutoff=0.7)
 
 
 def default_nprocs() -> int:

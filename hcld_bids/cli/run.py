@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import logging
 import os
 import re
@@ -101,7 +102,9 @@ def build_config(args: argparse.Namespace) -> Config:
 
     level = args.analysis_level
     if level not in ANALYSIS_LEVELS:
-        raise UnknownLevelError(f"unknown analysis level {level!r}; choose one of {', '.join(ANALYSIS_LEVELS)}")
+        close = difflib.get_close_matches(str(level).lower(), ANALYSIS_LEVELS, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UnknownLevelError(f"unknown analysis level {level!r}{hint}; choose one of {', '.join(ANALYSIS_LEVELS)}")
 
     bids_dir = args.bids_dir.absolute()
     output_dir = args.output_dir.absolute()
@@ -286,33 +289,53 @@ def run(config: Config) -> int:
 
     prepare_directories(config)
     saved = config.save()
-    LOGGER.info("Config saved to %s", saved[-1])
-    records = collect_inputs(config)
-    if config.execution.analysis_level in ("participant", "train"):
-        try:
-            init_derivatives_dataset(config.execution.output_dir, config.execution.bids_dir)
-        except OSError as err:
-            raise output_error(err, "OUTPUT_DIR") from None
-    return dispatch(config, records)
+    with _run_log(config):
+        LOGGER.info("Config saved to %s", saved[-1])
+        records = collect_inputs(config)
+        if config.execution.analysis_level in ("participant", "train"):
+            try:
+                init_derivatives_dataset(config.execution.output_dir, config.execution.bids_dir)
+            except OSError as err:
+                raise output_error(err, "OUTPUT_DIR") from None
+        return dispatch(config, records)
+
+
+class _ConsoleFormatter(logging.Formatter):
+    """``hcld-bids: <message>`` for progress and summary lines, ``hcld-bids: LEVEL: <message>`` otherwise."""
+
+    def format(self, record):
+        message = super().format(record)
+        if record.name.startswith(PROGRESS_LOGGER):
+            return f"{PROG}: {message}"
+        return f"{PROG}: {record.levelname}: {message}"
+
+
+#: Logger of the progress and summary lines every run prints (:mod:`hcld_bids.levels.progress`).
+PROGRESS_LOGGER = "hcld_bids.progress"
 
 
 @contextlib.contextmanager
 def _logging_to_stderr(verbosity: int):
     """Send hcld_bids log messages to stderr for the duration of a run, then restore the previous setup.
 
-    WARNING and above by default, INFO with -v, DEBUG with -vv. Library warnings (deprecations, pybids
-    notices) are shown only with -vv. Restoring matters when main() is called in-process (tests).
+    Progress and summary lines always; other messages from WARNING by default, INFO with -v, DEBUG with -vv.
+    nipype's messages reach the console only with -v (they always go to the run's log file, see
+    :func:`_run_log`). Library warnings (deprecations, pybids notices) are shown only with -vv. Restoring
+    matters when main() is called in-process (tests).
     """
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
-    loggers = [logging.getLogger("hcld_bids"), logging.getLogger("py.warnings")]
+    handler.setFormatter(_ConsoleFormatter("%(message)s"))
+    handler.addFilter(lambda record: record.levelno >= level or record.name.startswith(PROGRESS_LOGGER))
+    loggers = [logging.getLogger("hcld_bids"), logging.getLogger("py.warnings"), logging.getLogger("nipype")]
     saved = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
     loggers[0].handlers[:] = [handler]
-    loggers[0].setLevel(level)
+    loggers[0].setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
     loggers[0].propagate = False
     loggers[1].handlers[:] = [handler] if verbosity >= 2 else [logging.NullHandler()]
     loggers[1].propagate = False
+    if verbosity == 0:  # nipype's console handler (stdout) is left out; its messages go to the log file
+        loggers[2].handlers[:] = [h for h in loggers[2].handlers if type(h) is not logging.StreamHandler]
     logging.captureWarnings(True)
     try:
         yield
@@ -322,6 +345,33 @@ def _logging_to_stderr(verbosity: int):
             logger.handlers[:] = handlers
             logger.setLevel(old_level)
             logger.propagate = propagate
+
+
+@contextlib.contextmanager
+def _run_log(config: Config):
+    """Copy every message of the run (ours at INFO, nipype's at its own levels) into ``logs/run-<run id>.log``."""
+    verbosity = config.execution.verbosity
+    try:
+        handler = logging.FileHandler(config.execution.log_file, encoding="utf-8", delay=True)
+    except OSError:  # the log file is a convenience: a run never fails for want of it
+        yield
+        return
+    handler.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    loggers = [logging.getLogger("hcld_bids"), logging.getLogger("nipype")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield
+    except BaseException as err:  # the one error line of the console, in the log too
+        message = err.message if isinstance(err, HCLDError) else f"{type(err).__name__}: {err}"
+        handler.handle(logging.LogRecord("hcld_bids", logging.ERROR, __file__, 0, "run ended with an error: %s",
+                                         (message,), None))
+        raise
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        handler.close()
 
 
 def _write_crash_file(config: Config | None, text: str) -> Path | None:

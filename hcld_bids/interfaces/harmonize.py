@@ -110,7 +110,10 @@ class HarmonizeT1w(SimpleInterface):
             percent = 100 * step["n"] // max(total, 1)
             if percent // 25 != step["shown"] // 25 or step["n"] == total:
                 step["shown"] = percent
-                LOGGER.info("harmonizing %s: %s %d/%d (%d%% of DDIM steps)", label, stage, done, of, percent)
+                # hcld_progress: the same, structured, for the level's console progress (hcld_bids.levels.progress)
+                LOGGER.info("harmonizing %s: %s %d/%d (%d%% of DDIM steps)", label, stage, done, of, percent,
+                            extra={"hcld_progress": {"label": label, "stage": stage, "done": int(done),
+                                                     "total": int(of), "percent": int(percent)}})
 
         start = time.perf_counter()
         out = harmonizer.harmonize(volume, style, regime=regime, seed=self.inputs.seed, mask=mask, progress=progress)

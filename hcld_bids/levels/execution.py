@@ -206,24 +206,95 @@ def remove_old_crash_files(config, records) -> list[Path]:
     return removed
 
 
-def run_workflow(workflow, config, records=None) -> None:
+def _init_worker(cwd, log_queue) -> None:
+    """Start of a MultiProc worker: nipype's own set-up, then its log records (nipype's and ours) go to the
+    main process through ``log_queue`` instead of the console, so that the main process decides where they
+    are shown (the run's log file; the console with ``-v``; progress lines)."""
+    from logging.handlers import QueueHandler
+
+    from nipype.pipeline.plugins.multiproc import process_initializer
+
+    process_initializer(cwd)
+    handler = QueueHandler(log_queue)
+    for name in ("nipype", "hcld_bids"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+    logging.getLogger("hcld_bids").setLevel(logging.INFO)
+
+
+class _Redispatch(logging.Handler):
+    """Hands a record forwarded by a worker to this process's logger of the same name."""
+
+    def handle(self, record):  # noqa: D102 - no lock needed, the loggers lock their handlers
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+        return True
+
+    def emit(self, record):  # pragma: no cover - handle() does the work
+        pass
+
+
+def _multiproc_runner(plugin_args: dict, log_queue):
+    """nipype's MultiProc plugin whose workers forward their log records to ``log_queue``."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from nipype.pipeline.plugins.multiproc import MultiProcPlugin
+
+    class HCLDMultiProcPlugin(MultiProcPlugin):  # the name must end in "Plugin" (nipype derives its own from it)
+        def __init__(self, plugin_args=None):
+            super().__init__(plugin_args=plugin_args)
+            self.pool.shutdown(wait=False)  # no worker was started yet: replace the pool, same settings
+            self.pool = ProcessPoolExecutor(
+                max_workers=self.processors, initializer=_init_worker, initargs=(self._cwd, log_queue),
+                mp_context=multiprocessing.get_context(self.plugin_args.get("mp_context")))
+
+    return HCLDMultiProcPlugin(plugin_args=plugin_args)
+
+
+def run_workflow(workflow, config, records=None, progress=None) -> None:
     """Run a nipype workflow with the run's settings.
 
     A failed node ends the run with one line (exit 1) naming the subject, the image and the step, the error
     and the crash file (:func:`failure_message`), or with exit 73 when it failed because the disk or quota is
-    full. ``records``: the T1w images of the graph, to name them.
+    full. ``records``: the T1w images of the graph, to name them. ``progress``: a
+    :class:`hcld_bids.levels.progress.Progress` that prints a line per subject and stage.
     """
+    import multiprocessing
+    from logging.handlers import QueueListener
+
+    from .progress import ProgressHandler
+
     configure_nipype(config)
     # A workflow keeps the global settings of the moment it was built, and they win over later global
     # changes: set them on the workflow itself too.
     workflow.config.setdefault("execution", {}).update(nipype_execution_settings(config))
     import gc
 
+    settings = plugin_settings(config)
+    plugin, args = settings["plugin"], dict(settings["plugin_args"])
+    if progress is not None and plugin in ("Linear", "MultiProc", "LegacyMultiProc"):
+        args["status_callback"] = progress.status
+    listener = None
+    if plugin == "MultiProc":
+        log_queue = multiprocessing.get_context(args.get("mp_context")).Queue()
+        listener = QueueListener(log_queue, _Redispatch())
+        runner = {"plugin": _multiproc_runner(args, log_queue)}
+    else:
+        runner = {"plugin": plugin, "plugin_args": args}
+    interface_logger = logging.getLogger("nipype.interface")
+    progress_handler = ProgressHandler(progress) if progress is not None else None
+    if progress_handler is not None:
+        interface_logger.addHandler(progress_handler)
     # nipype's scheduler runs a full garbage collection before each submission; with torch, pandas and
     # pybids loaded each took 0.4 s. Objects that exist now live for the whole run: leave them out of it.
     gc.freeze()
     try:
-        workflow.run(**plugin_settings(config))
+        if listener is not None:
+            listener.start()
+        workflow.run(**runner)
     except RuntimeError:
         crashes = crash_files(config)
         full = _disk_full_crash(crashes)
@@ -236,6 +307,10 @@ def run_workflow(workflow, config, records=None) -> None:
         raise HCLDError(failure_message(crashes, records)) from None
     finally:
         gc.unfreeze()
+        if listener is not None:
+            listener.stop()
+        if progress_handler is not None:
+            interface_logger.removeHandler(progress_handler)
 
 
 def write_boilerplate(config, manifest=None, **overrides) -> Path:

@@ -25,6 +25,7 @@ from .execution import (
     write_boilerplate,
 )
 from .model import check_memory, open_model, resolve_torch_device
+from .progress import PROGRESS, Progress, print_summary
 
 LOGGER = logging.getLogger("hcld_bids")
 
@@ -92,15 +93,53 @@ def run_participant(config, records) -> int:
     check_t1w_images(records)
 
     workflow = init_hcld_wf(config, records, model, device)
-    LOGGER.info("harmonizing %d T1w image(s) with model %s (%s) on %s", len(records), model.name,
-                model.sha256[:12], device)
+    target = config.workflow.target_site or f"the style of {config.workflow.reference_image}"
+    PROGRESS.info("harmonizing %d T1w image(s) of %d participant(s) toward %s with model %s on %s", len(records),
+                  len(set(subjects)), target, model.name, device)
     started = time.time()
-    run_workflow(workflow, config, records)
+    run_workflow(workflow, config, records, progress=Progress(records))
     remove_old_crash_files(config, records)
     write_boilerplate(config, model.manifest, device=device, template_source=template_source(model))
-    write_participant_reports(config, subjects)
+    PROGRESS.info("writing the participant report(s)")
+    reports = write_participant_reports(config, subjects)
     stale = remove_stale_temporaries(config.execution.output_dir, subjects, older_than=started)
     if stale:
         LOGGER.info("removed %d temporary file(s) left by an interrupted earlier run", len(stale))
-    LOGGER.info("outputs written to %s", config.execution.output_dir)
+    summarize_participants(config, records, model, reports)
     return 0
+
+
+def summarize_participants(config, records, model, reports) -> dict:
+    """Print the summary that ends the participant level, from what it wrote (the sidecars); return it."""
+    from ..reports.outputs import find_images
+    from ..reports.participant import FLAG_TEXT
+    from ..workflows.base import _t1w_label
+
+    out = config.execution.output_dir
+    wanted = {_t1w_label(r): r for r in records}
+    found = {image.prefix: image for subject in sorted({r.subject for r in records})
+             for image in find_images(out, subject) if image.prefix in wanted}
+    done = {label: image for label, image in found.items() if image.complete and image.qc is not None}
+    flagged = {label: list(image.qc.get("Flags") or []) for label, image in done.items() if image.qc.get("Flags")}
+    incomplete = sorted(set(wanted) - set(done))
+    target = config.workflow.target_site or f"the style of {config.workflow.reference_image}"
+    lines = []
+    if model.demo:
+        lines.append(("warning", "harmonized with the demo model shipped with hcld-bids: for trying the app, not "
+                                 "for research results (train your own with the train level); every report says so"))
+    for label, flags in sorted(flagged.items())[:20]:
+        meaning = "; ".join(FLAG_TEXT.get(flag, flag) for flag in flags)
+        lines.append(("warning", f"QC FAILED for {label}_T1w: {', '.join(flags)} ({meaning}); look at "
+                                 f"{out / f'sub-{wanted[label].subject}.html'} before using it"))
+    if len(flagged) > 20:
+        lines.append(("warning", f"... and {len(flagged) - 20} more image(s) failed QC (group_T1w.tsv after the "
+                                 "group level lists them all)"))
+    lines.append(("info", f"QC: {len(flagged)} of {len(done)} image(s) flagged" if flagged
+                  else f"QC: none of the {len(done)} image(s) flagged"))
+    if incomplete:
+        lines.append(("warning", f"{len(incomplete)} image(s) incomplete: {', '.join(incomplete[:10])}"))
+    lines.append(("info", "reports: " + (", ".join(str(p) for p in reports) if reports else "none")))
+    lines.append(("info", f"methods text: {out / 'logs' / 'CITATION.md'}; log: {config.execution.log_file}"))
+    print_summary(f"participant level finished: {len(done)} of {len(records)} image(s) harmonized toward {target}",
+                  lines)
+    return {"done": sorted(done), "flagged": flagged, "incomplete": incomplete}

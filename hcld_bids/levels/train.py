@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import BadDataError, HCLDError, NoDataError
 from ..reports.metrics import site_histograms  # noqa: F401 - also imported from here by scripts
+from .progress import PROGRESS, Progress, print_summary
 
 LOGGER = logging.getLogger("hcld_bids")
 
@@ -35,8 +36,9 @@ def preprocess_for_training(config, records, *, template, resolution, grid, regi
 
     workflow = init_train_preproc_wf(config, records, template=template, resolution=resolution, grid=grid,
                                      registration=registration)
-    LOGGER.info("preprocessing %d T1w image(s) for training", len(records))
-    run_workflow(workflow, config, records)
+    PROGRESS.info("preprocessing %d T1w image(s) of %d participant(s)", len(records),
+                  len({r.subject for r in records}))
+    run_workflow(workflow, config, records, progress=Progress(records, level="train"))
     remove_old_crash_files(config, records)
     return load_training_inputs(config, records)
 
@@ -116,8 +118,11 @@ def add_site_prototypes(config, records) -> int:
         raise model_error(err) from None
     from ..manifest import describe_sites
 
-    LOGGER.warning("added style prototypes of site(s) %s to %s; the model is now %s", ", ".join(by_site), dest,
-                   describe_sites(bundle.manifest))
+    print_summary(f"train level (--add-site-prototypes) finished: style prototypes of {', '.join(by_site)} added "
+                  f"to {dest}, without training", [
+                      ("info", f"the model is now {describe_sites(bundle.manifest)}"),
+                      ("info", f"harmonize toward one of them: hcld-bids BIDS_DIR {config.execution.output_dir} "
+                               f"participant --target-site {next(iter(by_site))}")])
     return 0
 
 
@@ -206,9 +211,9 @@ def run_train(config, records) -> int:
         ctx.barrier()
     start = time.time()
     try:
-        LOGGER.warning("training stage 1 (autoencoder) on %d image(s) from %d site(s)", len(volumes), len(set(sites)))
+        PROGRESS.info("training stage 1 (autoencoder) on %d image(s) from %d site(s)", len(volumes), len(set(sites)))
         ae = train_autoencoder(volumes, ae_cfg, config.execution.work_dir / "train" / "stage1", device=device)
-        LOGGER.warning("training stage 2 (conditional latent diffusion)")
+        PROGRESS.info("training stage 2 (conditional latent diffusion)")
         ldm = train_ldm(volumes, sites, ldm_cfg, config.execution.work_dir / "train" / "stage2",
                         autoencoder=ae.autoencoder, scale_factor=ae.scale_factor, masks=masks, device=device)
     except ModelError as err:
@@ -243,9 +248,14 @@ def run_train(config, records) -> int:
                     schedule=ldm.schedule, overwrite=True)
     except ModelError as err:
         raise model_error(err) from None
-    LOGGER.warning("model bundle written to %s (sites: %s)", dest, ", ".join(sorted(ldm.prototypes)))
     from .execution import write_boilerplate
 
-    write_boilerplate(config, manifest, device=str(device),
-                      template_source="shipped" if is_shipped(template_files["T1w"]) else "templateflow")
+    citation = write_boilerplate(config, manifest, device=str(device),
+                                 template_source="shipped" if is_shipped(template_files["T1w"]) else "templateflow")
+    from ..manifest import describe_sites
+
+    print_summary(f"train level finished: model bundle written to {dest}", [
+        ("info", f"the model is {describe_sites(manifest)}"),
+        ("info", f"methods text: {citation}; log: {config.execution.log_file}"),
+        ("info", f"harmonize: hcld-bids BIDS_DIR {config.execution.output_dir} participant --target-site SITE")])
     return 0

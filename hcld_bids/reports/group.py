@@ -32,6 +32,7 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -261,9 +262,29 @@ def _mean_histograms(rows, key: str, group_key: str) -> dict[str, np.ndarray]:
     return {name: np.mean(values, axis=0) for name, values in sorted(groups.items())}
 
 
+@dataclass
+class GroupResult:
+    """What :func:`write_group` wrote and what the level's summary says: ``summary`` (counts, sites, targets,
+    models), ``flagged`` (rows with a QC flag or a problem), ``incomplete`` (image paths)."""
+
+    tsv: Path
+    html: Path
+    summary: dict
+    flagged: list
+    incomplete: list
+
+
 def run_group(output_dir: str | os.PathLike, bids_dir: str | os.PathLike | None = None, *,
               n_jobs: int = 1) -> tuple[Path, Path]:
-    """Write the group table and report from OUTPUT_DIR; returns ``(tsv_path, html_path)``.
+    """Write the group table and report from OUTPUT_DIR; returns ``(tsv_path, html_path)`` (see
+    :func:`write_group`)."""
+    result = write_group(output_dir, bids_dir, n_jobs=n_jobs)
+    return result.tsv, result.html
+
+
+def write_group(output_dir: str | os.PathLike, bids_dir: str | os.PathLike | None = None, *,
+                n_jobs: int = 1) -> GroupResult:
+    """Write the group table and report from OUTPUT_DIR; return what was written and its summary.
 
     Raises :class:`hcld_bids.errors.NoDataError` when OUTPUT_DIR holds no complete harmonized image.
     """
@@ -329,8 +350,10 @@ def run_group(output_dir: str | os.PathLike, bids_dir: str | os.PathLike | None 
                 rows[i]["flags"].append(FLAG_OUTLIER)
 
     tsv = _write_table(output_dir, rows)
-    html = _write_report(output_dir, records, rows, feats, slices, strays, read_ages(bids_dir), bids_dir)
-    return tsv, html
+    html, summary, flagged = _write_report(output_dir, records, rows, feats, slices, strays, read_ages(bids_dir),
+                                           bids_dir)
+    incomplete = [row["image"] for row, record in zip(rows, records) if not record.complete]
+    return GroupResult(tsv=tsv, html=html, summary=summary, flagged=flagged, incomplete=incomplete)
 
 
 def _analyses(records, rows, feats, ages) -> dict:
@@ -455,7 +478,7 @@ def _write_report(output_dir, records, rows, feats, slices, strays, ages, bids_d
         tsv=GROUP_TSV, citation=(output_dir / "logs" / "CITATION.html").is_file(),
     )
     LOGGER.info("group: figures and page in %.1f s", time.perf_counter() - clock)
-    return atomic_write_text(output_dir / GROUP_HTML, html)
+    return atomic_write_text(output_dir / GROUP_HTML, html), summary, flagged
 
 
-__all__ = ["run_group", "GROUP_TSV", "GROUP_HTML", "COLUMNS"]
+__all__ = ["run_group", "write_group", "GroupResult", "GROUP_TSV", "GROUP_HTML", "COLUMNS"]

@@ -168,9 +168,8 @@ def test_missing_bids_dir_exits_66(tmp_path, run_cli):
 def test_unknown_level_exits_17(dataset, tmp_path, run_cli):
     code, err = run_cli(dataset, tmp_path / "out", "participants")
     assert code == 17
-    assert _error_only(err) == (
-        "hcld-bids: error: unknown analysis level 'participants'; choose one of train, participant, group"
-    )
+    assert _error_only(err) == ("hcld-bids: error: unknown analysis level 'participants' (did you mean participant?); "
+                                "choose one of train, participant, group")
 
 
 @pytest.mark.parametrize(
@@ -290,6 +289,21 @@ def test_unknown_participant_exits_18_listing_labels(dataset, tmp_path, run_cli)
     assert _error_only(err) == (
         "hcld-bids: error: participant label(s) not found in BIDS_DIR: sub-09; available: sub-01, sub-02, sub-03"
     )
+    code, err = run_cli(dataset, tmp_path / "out", "group", "-w", tmp_path / "w", "--skip-bids-validation",
+                        "--participant-label", "1")
+    assert code == 18 and "sub-1 (did you mean sub-01 for sub-1?); available:" in _error_only(err)
+
+
+@pytest.mark.parametrize(("typed", "meant"), [
+    (["--target-sit", "uih"], "--target-site"),
+    (["--Target-Site", "uih"], "--target-site"),
+    (["--participant_lable", "01"], "--participant-label"),
+    (["--ddim-steps", "3"], "--ddim-inversion-steps or --ddim-sampling-steps"),
+])
+def test_misspelled_flags_get_a_did_you_mean(dataset, tmp_path, run_cli, typed, meant):
+    code, err = run_cli(dataset, tmp_path / "out", "participant", *typed)
+    assert code == 64
+    assert f"(did you mean {meant}?)" in _error_only(err)
 
 
 def test_filters_matching_nothing_exit_18(dataset, tmp_path, run_cli):

@@ -7,8 +7,8 @@ several points and rerun each time; its final outputs must equal, byte for byte,
 wrote for it.
 
 What differs between two runs by design is left out of the comparison, and nothing else: each run's own
-``logs/config-<run id>.toml``, and the run's id and wall time, which the harmonized image's provenance
-sidecar and the participant report record.
+``logs/config-<run id>.toml`` and ``logs/run-<run id>.log``, and the run's id and wall time, which the
+harmonized image's provenance sidecar and the participant report record.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _normalized(out: Path, subject: str) -> dict[str, bytes]:
     files = {}
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
-        if not path.is_file() or rel.startswith("logs/config-"):
+        if not path.is_file() or rel.startswith(("logs/config-", "logs/run-")):
             continue
         if not (rel.startswith(f"sub-{subject}") or "/" not in rel and not rel.startswith("sub-")
                 or rel.startswith("logs/")):
