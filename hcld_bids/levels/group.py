@@ -37,6 +37,11 @@ def summarize_group(config, result) -> None:
     if result.incomplete:
         lines.append(("warning", f"{len(result.incomplete)} image(s) incomplete (skipped): "
                                  + ", ".join(result.incomplete[:10])))
+    at_target = summary.get("at_target") or {}
+    if at_target.get("n"):
+        lines.append(("info", f"already at the target site: {at_target['n']} image(s), harmonized anyway; median "
+                              f"change {at_target['change']:.3f} against {at_target['others_change']:.3f} for the "
+                              "others (mean absolute difference in the brain)"))
     if summary.get("verdict"):
         lines.append(("warning" if not summary["verdict"]["ok"] else "info", f"verdict: {summary['verdict']['text']}"))
     lines.append(("info", f"report: {result.html}; table: {result.tsv}"))

@@ -24,6 +24,7 @@ from .execution import (
     run_workflow,
     write_boilerplate,
 )
+from ..manifest import describe_sites
 from .model import check_memory, open_model, resolve_torch_device
 from .progress import PROGRESS, Progress, print_summary
 
@@ -56,6 +57,10 @@ def participant_checks(config, records):
     from ..bids.sites import check_target_site
 
     model = open_model(config.workflow.model, source=config.workflow.model_source)
+    if model.demo and config.workflow.model_source != "demo":
+        LOGGER.warning("the model %s has the networks of the demo model shipped with hcld-bids (%s): for trying the "
+                       "app, not for research results; every report says so", model.path,
+                       describe_sites(model.manifest))
     if config.workflow.target_site:
         config.workflow.target_site = check_target_site(config.workflow.target_site, list(model.sites),
                                                         records=records)
@@ -109,6 +114,20 @@ def run_participant(config, records) -> int:
     return 0
 
 
+def _median(values) -> float:
+    import math
+
+    finite = sorted(float(v) for v in values if v is not None and math.isfinite(float(v)))
+    if not finite:
+        return math.nan
+    middle = len(finite) // 2
+    return finite[middle] if len(finite) % 2 else (finite[middle - 1] + finite[middle]) / 2
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value != value else f"{value:.3f}"
+
+
 def summarize_participants(config, records, model, reports) -> dict:
     """Print the summary that ends the participant level, from what it wrote (the sidecars); return it."""
     from ..reports.outputs import find_images
@@ -136,6 +155,16 @@ def summarize_participants(config, records, model, reports) -> dict:
                                  "group level lists them all)"))
     lines.append(("info", f"QC: {len(flagged)} of {len(done)} image(s) flagged" if flagged
                   else f"QC: none of the {len(done)} image(s) flagged"))
+    at_target = sorted(label for label, image in done.items() if image.at_target)
+    if at_target:
+        change = _median([done[label].qc.get("MeanAbsoluteChange") for label in at_target])
+        others = _median([image.qc.get("MeanAbsoluteChange") for label, image in done.items()
+                          if label not in at_target])
+        lines.append(("info", f"already at the target site {config.workflow.target_site}: {len(at_target)} image(s) "
+                              f"({', '.join(label + '_T1w' for label in at_target[:5])}"
+                              f"{', ...' if len(at_target) > 5 else ''}), harmonized anyway so that all images share "
+                              f"one processing; median change {_fmt(change)} against {_fmt(others)} for the others "
+                              "(mean absolute difference in the brain, [0, 1] scale)"))
     if incomplete:
         lines.append(("warning", f"{len(incomplete)} image(s) incomplete: {', '.join(incomplete[:10])}"))
     lines.append(("info", "reports: " + (", ".join(str(p) for p in reports) if reports else "none")))

@@ -23,10 +23,14 @@ LOGGER = logging.getLogger("hcld_bids")
 STAGES = (
     ("anat_preproc_wf", "preprocessing"),
     ("export_training_input", "preprocessing"),
+    # the preprocessed image, its mask and transform are written as soon as they exist: still preprocessing
+    ("ds_preproc", "preprocessing"),
+    ("ds_mask", "preprocessing"),
+    ("ds_xfm", "preprocessing"),
+    ("itk_xfm", "preprocessing"),
     ("harmonization_wf", "harmonizing"),
     ("qc_wf", "quality control"),
     ("outputs_wf", "writing outputs"),
-    ("itk_xfm", "writing outputs"),
     ("provenance", "writing outputs"),
 )
 
@@ -34,7 +38,7 @@ STAGES = (
 def stage_of(fullname: str) -> str | None:
     """The stage of a node from its full name (``hcld_bids_wf.sub_01_wf.t1w_wf.anat_preproc_wf.register``)."""
     parts = fullname.split(".")
-    for part in reversed(parts):
+    for part in reversed(parts):  # the node first, then the sub-workflows it is in, innermost first
         for key, stage in STAGES:
             if part == key:
                 return stage

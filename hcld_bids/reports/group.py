@@ -56,6 +56,16 @@ MAX_THUMBNAILS = 40
 OUTLIER_Z = 3.5
 OUTLIER_MIN_DISTANCE = 0.02
 FLAG_OUTLIER = "outlier"
+#: Group-level flag of an image whose harmonized version is more like another participant's input.
+FLAG_NOT_OWN = "not-own-anatomy"
+#: The group keeps its anatomy when at least this share of harmonized images is most like its own input...
+IDENTIFICATION_MIN = 0.9
+#: ... and at most this share carries a structure flag of the anatomy guard.
+STRUCTURE_FLAGGED_MAX = 0.1
+#: The sites came together when the mean distance between them fell by at least this fraction.
+DISTANCE_DROP_MIN = 0.2
+#: Columns of the image features compared for identification (a seeded subset when there are more).
+IDENTIFICATION_FEATURES = 2048
 #: Least number of images with a known age for the age analysis.
 MIN_AGE_IMAGES = 8
 
@@ -63,8 +73,12 @@ COLUMNS = {
     "participant_id": "Participant label (sub-<label>).",
     "session_id": "Session label (ses-<label>) or n/a.",
     "image": "Harmonized image (or, when it is missing, the preprocessed one), relative to OUTPUT_DIR.",
+    "qc": "fail: the image has a QC flag (see flags; do not use it without looking at its report); pass: no flag; "
+          "incomplete: files are missing.",
     "site": "Site of the input image (HCLD.SourceSite of the sidecar).",
     "target": "Target style: the target site, or reference:<image> for --reference-image.",
+    "at_target_site": "yes: the image was already at the target site and was harmonized anyway (one processing for "
+                      "all images); mean_abs_change says how much that changed it.",
     "model": "Name of the model bundle that harmonized the image.",
     "wasserstein_before": "Wasserstein-1 distance between the brain-intensity histograms of the input and of the "
                           "target style, in units of the [0, 1] intensity range.",
@@ -73,11 +87,16 @@ COLUMNS = {
                               f"(1: same anatomy); flagged below {metrics.STRUCTURE_THRESHOLD}.",
     "mask_dice": "Dice overlap of the brain mask and the brain found in the harmonized image; flagged below "
                  f"{metrics.MASK_DICE_THRESHOLD}.",
+    "mean_abs_change": "Mean absolute difference of harmonized and input image inside the brain, in units of the "
+                       "[0, 1] intensity range.",
+    "own_anatomy": "yes: of all inputs of the group, the harmonized image is most like its own (rank correlation of "
+                   "its 4 mm brain blocks); no: it is more like another participant's input (it lost its anatomy); "
+                   "n/a: not computed.",
     "runtime_preprocessing_s": "Wall time of preprocessing in seconds (sidecar HCLD.WallTimeSeconds).",
     "runtime_harmonization_s": "Wall time of harmonization in seconds.",
     "runtime_total_s": "Sum of the known wall times in seconds.",
     "flags": "QC flags separated by ';' (n/a: none): " + ", ".join(
-        [*metrics.QC_FLAGS, FLAG_OUTLIER, "missing-harmonized", "missing-preproc", "missing-mask",
+        [*metrics.QC_FLAGS, FLAG_OUTLIER, FLAG_NOT_OWN, "missing-harmonized", "missing-preproc", "missing-mask",
          "missing-sidecar", "missing-qc", "unreadable"]) + ".",
 }
 
@@ -113,13 +132,17 @@ def _row(output_dir: Path, record: ImageRecord) -> dict:
         "participant_id": f"sub-{record.subject}",
         "session_id": _label_of(record, "session", "ses"),
         "image": record.relative(output_dir),
+        "qc": "n/a",  # set once every flag is known (_qc_status)
         "site": str(hcld.get("SourceSite") or "n/a"),
         "target": _target_of(hcld) if hcld else "n/a",
+        "at_target_site": ("yes" if record.at_target else "no") if hcld else "n/a",
         "model": str(hcld.get("ModelName") or "n/a"),
         "wasserstein_before": _finite(qc.get("WassersteinInputToTarget")),
         "wasserstein_after": _finite(qc.get("WassersteinOutputToTarget")),
         "structure_preservation": _finite(qc.get("StructurePreservation")),
         "mask_dice": _finite(qc.get("MaskDice")),
+        "mean_abs_change": _finite(qc.get("MeanAbsoluteChange")),
+        "own_anatomy": "n/a",
         "runtime_preprocessing_s": _finite(walltime.get("preprocessing")),
         "runtime_harmonization_s": _finite(walltime.get("harmonization")),
         "runtime_total_s": float(sum(known)) if known else math.nan,
@@ -349,11 +372,126 @@ def write_group(output_dir: str | os.PathLike, bids_dir: str | os.PathLike | Non
             if np.isfinite(score) and score > OUTLIER_Z and rows[i]["wasserstein_after"] > OUTLIER_MIN_DISTANCE:
                 rows[i]["flags"].append(FLAG_OUTLIER)
 
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread: the matrices are small and wide, and OpenBLAS threads that wait on each other
+    # made PCA ten times slower on a busy 2-core machine than one thread
+    clock = time.perf_counter()
+    ages = read_ages(bids_dir)
+    with threadpool_limits(limits=1, user_api="blas"):
+        analysis = _analyses(records, rows, feats, ages)
+    LOGGER.info("group: analyses in %.1f s", time.perf_counter() - clock)
+    for row, record in zip(rows, records):
+        row["qc"] = _qc_status(row, record)
     tsv = _write_table(output_dir, rows)
-    html, summary, flagged = _write_report(output_dir, records, rows, feats, slices, strays, read_ages(bids_dir),
-                                           bids_dir)
+    html, summary, flagged = _write_report(output_dir, records, rows, slices, strays, analysis, bids_dir)
     incomplete = [row["image"] for row, record in zip(rows, records) if not record.complete]
     return GroupResult(tsv=tsv, html=html, summary=summary, flagged=flagged, incomplete=incomplete)
+
+
+def _at_target_summary(rows: list[dict]) -> dict:
+    """How much harmonization changed the images already at the target site, beside the others."""
+    at = [row["mean_abs_change"] for row in rows if row["at_target_site"] == "yes" and math.isfinite(
+        row["mean_abs_change"])]
+    others = [row["mean_abs_change"] for row in rows if row["at_target_site"] == "no" and math.isfinite(
+        row["mean_abs_change"])]
+    return {"n": sum(1 for row in rows if row["at_target_site"] == "yes"),
+            "change": float(np.median(at)) if at else math.nan,
+            "others_change": float(np.median(others)) if others else math.nan}
+
+
+def _qc_status(row: dict, record: ImageRecord) -> str:
+    """``incomplete`` (files missing), ``fail`` (any QC flag) or ``pass``."""
+    if not record.complete or any(f.startswith("missing") or f == "unreadable" for f in row["flags"]):
+        return "incomplete"
+    return "fail" if row["flags"] else "pass"
+
+
+def anatomy_identification(before: np.ndarray, after: np.ndarray, participants: list[str],
+                           max_features: int = IDENTIFICATION_FEATURES) -> dict | None:
+    """Is each harmonized image still its own person? For every harmonized image, the rank correlation of its
+    brain features (4 mm blocks) with every input image of the group; it keeps its own anatomy when the most
+    similar input is its own (or another image of the same participant).
+
+    A harmonization that turns every image into the same brain, or into the target's anatomy, fails this
+    even when its intensity histograms match the target perfectly; an honest one, which only changes
+    intensities monotonically, passes it. Returns ``{"own": [bool], "rank": [int], "rate", "chance", "n"}``
+    (``rank`` 1: its own input is the most similar), or None with fewer than 3 images.
+    """
+    from scipy.stats import rankdata
+
+    n = len(participants)
+    if n < 3 or before.shape != after.shape or before.shape[1] < 2:
+        return None
+    columns = np.arange(before.shape[1])
+    if columns.size > max_features:
+        columns = np.sort(np.random.default_rng(0).choice(columns, max_features, replace=False))
+
+    def standardized_ranks(matrix):
+        ranks = rankdata(matrix[:, columns], axis=1)
+        ranks -= ranks.mean(axis=1, keepdims=True)
+        norms = np.linalg.norm(ranks, axis=1, keepdims=True)
+        return np.divide(ranks, norms, out=np.zeros_like(ranks), where=norms > 0)
+
+    similarity = standardized_ranks(after) @ standardized_ranks(before).T  # [harmonized i, input j]
+    people = np.asarray(participants)
+    own, rank = [], []
+    for i in range(n):
+        same = people == people[i]
+        best_own = similarity[i, same].max()
+        rank.append(int(1 + (similarity[i, ~same] > best_own).sum()))
+        own.append(rank[-1] == 1)
+    distinct = len(set(participants))
+    return {"own": own, "rank": rank, "rate": float(np.mean(own)), "chance": 1.0 / distinct, "n": n}
+
+
+def group_verdict(w_before: np.ndarray, w_after: np.ndarray, identification: dict | None,
+                  structure_flagged: int, n_images: int) -> dict:
+    """Did harmonization bring the sites together without changing anatomy?
+
+    Sites together: the mean site-to-site distance fell by at least :data:`DISTANCE_DROP_MIN` of its value.
+    Anatomy kept: at least :data:`IDENTIFICATION_MIN` of the harmonized images are most like their own input
+    (:func:`anatomy_identification`) and at most :data:`STRUCTURE_FLAGGED_MAX` carry a structure flag.
+    Returns ``{"ok", "closer", "anatomy", "text", ...}``; ``ok`` is None when it cannot be told.
+    """
+    off = ~np.eye(len(w_before), dtype=bool) if len(w_before) else np.zeros((0, 0), bool)
+    before = float(np.nanmean(w_before[off])) if off.any() else math.nan
+    after = float(np.nanmean(w_after[off])) if off.any() else math.nan
+    closer = (after <= (1 - DISTANCE_DROP_MIN) * before) if math.isfinite(before) and math.isfinite(after) else None
+    flagged_share = structure_flagged / n_images if n_images else math.nan
+    rate = identification["rate"] if identification else None
+    anatomy = None
+    if rate is not None:
+        anatomy = rate >= IDENTIFICATION_MIN and flagged_share <= STRUCTURE_FLAGGED_MAX
+    elif n_images:
+        anatomy = flagged_share <= STRUCTURE_FLAGGED_MAX
+    kept = (f"{rate:.0%} of the harmonized images are most like their own input (chance "
+            f"{identification['chance']:.0%})" if rate is not None else "own-anatomy check needs 3 images")
+    flags = f"{structure_flagged} of {n_images} carry a structure flag"
+    moved = (f"mean distance between sites {100 * before:.1f} -> {100 * after:.1f} (% of the intensity range)"
+             if closer is not None else "a single site: no distance between sites")
+    if closer is None or anatomy is None:
+        text = f"cannot tell: {moved}; {kept}; {flags}"
+        ok = None
+    elif closer and anatomy:
+        text = f"the sites came together without changing anatomy: {moved}; {kept}; {flags}"
+        ok = True
+    elif closer and rate is not None and rate < IDENTIFICATION_MIN:
+        text = (f"NOT a success: the sites came closer, but only {kept}: the images lost their anatomy, and the "
+                f"smaller distances come from that, not from harmonization ({moved}; {flags})")
+        ok = False
+    elif closer:
+        text = (f"NOT a success yet: the sites came closer ({moved}), but {flags} (anatomy changed); look at those "
+                f"images before using the group ({kept})")
+        ok = False
+    elif anatomy:
+        text = f"anatomy kept, but the sites did not come together: {moved}; {kept}; {flags}"
+        ok = False
+    else:
+        text = f"NOT a success: the sites did not come together and the anatomy was not kept: {moved}; {kept}; {flags}"
+        ok = False
+    return {"ok": ok, "closer": closer, "anatomy": anatomy, "text": text, "distance_before": before,
+            "distance_after": after, "identification": rate, "structure_flagged": structure_flagged}
 
 
 def _analyses(records, rows, feats, ages) -> dict:
@@ -379,10 +517,19 @@ def _analyses(records, rows, feats, ages) -> dict:
         for b in range(n):
             for key, matrix in (("hist_before", out["w_before"]), ("hist_after", out["w_after"])):
                 matrix[a, b] = metrics.wasserstein_1d(out[key][site_names[a]], out[key][site_names[b]], edges)
+    out["identification"] = None
+    out["verdict"] = None
     if not usable:
         return out
     X_before = _fill_columns(np.vstack([feats[i][0] for i in usable]))
     X_after = _fill_columns(np.vstack([feats[i][1] for i in usable]))
+    identification = anatomy_identification(X_before, X_after, [rows[i]["participant_id"] for i in usable])
+    out["identification"] = identification
+    if identification is not None:
+        for k, i in enumerate(usable):
+            rows[i]["own_anatomy"] = "yes" if identification["own"][k] else "no"
+            if not identification["own"][k]:
+                rows[i]["flags"].append(FLAG_NOT_OWN)
     H_before = np.vstack([q["input"] for q in qcs]) if all(q["input"] for q in qcs) else None
     H_after = np.vstack([q["output"] for q in qcs]) if all(q["output"] for q in qcs) else None
     classifier = []
@@ -405,20 +552,15 @@ def _analyses(records, rows, feats, ages) -> dict:
             out["age"] = age_association(X_before[with_age], X_after[with_age], age)
             out["age"]["age"] = age
             out["age"]["sites"] = [sites[k] for k in with_age]
+    structure = {metrics.FLAG_STRUCTURE, metrics.FLAG_STRUCTURE_LOCAL, metrics.FLAG_EMPTY}
+    flagged = sum(1 for i in usable if structure & set(rows[i]["flags"]))
+    out["verdict"] = group_verdict(out["w_before"], out["w_after"], out["identification"], flagged, len(usable))
     return out
 
 
-def _write_report(output_dir, records, rows, feats, slices, strays, ages, bids_dir) -> Path:
+def _write_report(output_dir, records, rows, slices, strays, analysis, bids_dir):
     from .participant import FLAG_TEXT, template_environment
 
-    from threadpoolctl import threadpool_limits
-
-    # one BLAS thread: the matrices are small and wide, and OpenBLAS threads that wait on each other
-    # made PCA ten times slower on a busy 2-core machine than one thread
-    clock = time.perf_counter()
-    with threadpool_limits(limits=1, user_api="blas"):
-        analysis = _analyses(records, rows, feats, ages)
-    LOGGER.info("group: analyses in %.1f s", time.perf_counter() - clock)
     clock = time.perf_counter()
     colors = analysis["colors"]
     figs = {}
@@ -468,8 +610,18 @@ def _write_report(output_dir, records, rows, feats, slices, strays, ages, bids_d
         "targets": dict(sorted(Counter(row["target"] for row in rows if row["target"] != "n/a").items())),
         "models": sorted({row["model"] for row in rows if row["model"] != "n/a"}),
         "flagged": len(flagged),
+        "qc_failed": [{**row, "report": f"{row['participant_id']}.html" if (
+            output_dir / f"{row['participant_id']}.html").is_file() else None} for row in rows if row["qc"] == "fail"],
+        "demo": any(record.demo for record in records),
+        "verdict": analysis.get("verdict"),
+        "identification": analysis.get("identification"),
+        "at_target": _at_target_summary(rows),
     }
+    anatomy_rows = [row for row in rows if row["own_anatomy"] != "n/a"]
     html = template_environment().get_template("group.html.j2").render(
+        anatomy_rows=anatomy_rows, verdict_thresholds={
+            "identification": IDENTIFICATION_MIN, "structure_flagged": STRUCTURE_FLAGGED_MAX,
+            "distance_drop": DISTANCE_DROP_MIN},
         version=__version__, generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         summary=summary, figs=figs, analysis=analysis, flagged=flagged, strays=strays, flag_text=FLAG_TEXT,
         thresholds={"structure": metrics.STRUCTURE_THRESHOLD, "local": metrics.LOCAL_STRUCTURE_THRESHOLD,

@@ -275,6 +275,17 @@ def mask_dice(a, b) -> float:
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
+def mean_absolute_change(input, output, mask) -> float:  # noqa: A002 - interface name
+    """Mean absolute difference of output and input inside the brain, in units of the [0, 1] range (how much
+    harmonization changed the image; for an image already at the target site, all of it is change it did not
+    need). NaN for an empty mask."""
+    brain = np.asarray(mask) > 0
+    if not brain.any():
+        return math.nan
+    diff = np.asarray(output, dtype=np.float64)[brain] - np.asarray(input, dtype=np.float64)[brain]
+    return float(np.abs(diff).mean())
+
+
 def qc_flags(qc: dict, local_structure: float | None = None) -> list[str]:
     """Flags of a QC block (its own values; ``local_structure`` from :func:`local_structure_preservation`)."""
     flags = []
@@ -304,7 +315,8 @@ def _json_float(value: float, digits: int = 6) -> float | None:
 
 
 def image_qc(preproc, harmonized, mask, target_edges, target_density, *, voxel_size_mm=None) -> dict:
-    """The ``QC`` block of the harmonized image's sidecar (keys of the output contract).
+    """The ``QC`` block of the harmonized image's sidecar (keys of the output contract; ``MeanAbsoluteChange``
+    is :func:`mean_absolute_change`).
 
     ``preproc``, ``harmonized``, ``mask``: arrays on one grid (``desc-preproc``, ``desc-harmonized``,
     ``desc-brain_mask``), or nibabel images (then ``voxel_size_mm`` comes from their header).
@@ -331,6 +343,7 @@ def image_qc(preproc, harmonized, mask, target_edges, target_density, *, voxel_s
         "WassersteinOutputToTarget": _json_float(wasserstein_1d(output_hist, target_hist, edges)),
         "StructurePreservation": _json_float(sp),
         "MaskDice": _json_float(mask_dice(brain, output_mask(harmonized, brain))),
+        "MeanAbsoluteChange": _json_float(mean_absolute_change(preproc, harmonized, brain)),
     }
     qc["Flags"] = qc_flags(
         {key: (math.nan if value is None else value) for key, value in qc.items() if not isinstance(value, list)},

@@ -63,6 +63,20 @@ class ImageRecord:
         return dict((self.sidecar or {}).get("HCLD") or {})
 
     @property
+    def at_target(self) -> bool:
+        """The image was already at the target site (``HCLD.SourceIsTarget``; older sidecars: source site equal
+        to target site)."""
+        hcld = self.hcld
+        if "SourceIsTarget" in hcld:
+            return bool(hcld["SourceIsTarget"])
+        return bool(hcld.get("TargetSite")) and hcld.get("SourceSite") == hcld.get("TargetSite")
+
+    @property
+    def demo(self) -> bool:
+        """Harmonized with the demo model shipped with hcld-bids (``HCLD.DemoModel``)."""
+        return bool(self.hcld.get("DemoModel"))
+
+    @property
     def qc(self) -> dict | None:
         qc = (self.sidecar or {}).get("QC")
         return dict(qc) if isinstance(qc, dict) else None

@@ -45,6 +45,8 @@ FLAG_TEXT = {
     "missing-sidecar": "the sidecar of the harmonized image is missing or unreadable",
     "missing-qc": "the sidecar has no QC block; values were computed by the report",
     "outlier": "far from the other images of its target (robust z-score of the distance to the target above 3.5)",
+    "not-own-anatomy": "the harmonized image is more like another participant's input than its own: it lost its "
+                       "anatomy",
 }
 
 
@@ -177,8 +179,12 @@ def write_participant_report(output_dir: str | os.PathLike, subject: str, *, con
         saved = Path("logs") / config.file_name
         if (output_dir / saved).is_file():
             links[f"run configuration ({config.file_name})"] = saved.as_posix()
+    for section, record in zip(sections, records):
+        section["at_target"] = record.at_target
     html = template_environment().get_template("participant.html.j2").render(
         subject=label, sections=sections, strays=strays, links=links, version=__version__,
+        demo=any(record.demo for record in records),
+        failed=[s for s in sections if s["flags"] or s["problems"]],
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         thresholds={"structure": metrics.STRUCTURE_THRESHOLD, "local": metrics.LOCAL_STRUCTURE_THRESHOLD,
                     "dice": metrics.MASK_DICE_THRESHOLD},

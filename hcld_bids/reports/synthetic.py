@@ -221,6 +221,8 @@ def _provenance(spec: ImageSpec, target_site: str, model: Mapping | None) -> dic
         "SourceSite": spec.site,
         "SiteSource": "participants.tsv",
         "TargetSite": target_site,
+        "SourceIsTarget": spec.site == target_site,
+        "DemoModel": False,
         "ReferenceImage": None,
         "StylePrototype": f"site:{target_site}",
         "DDIMInversionSteps": 30,

@@ -97,9 +97,14 @@ def static_provenance(config, model, record, device: str) -> dict:
         "ModelName": model.name,
         "ModelSHA256": model.sha256,
         "ModelPath": str(model.path),
+        # the networks of the demo model shipped with hcld-bids: for trying the app, not for research
+        "DemoModel": bool(getattr(model, "demo", False)),
         "SourceSite": record.site,
         "SiteSource": record.site_source,
         "TargetSite": config.workflow.target_site,
+        # an image already at the target site is harmonized like every other (one processing for all); the
+        # reports say so and show how much it changed
+        "SourceIsTarget": bool(config.workflow.target_site) and record.site == config.workflow.target_site,
         "ReferenceImage": str(reference) if reference else None,
         **_regime_provenance(inference_regime(model.manifest, config.workflow)),
         "RandomSeed": int(config.workflow.random_seed),

@@ -96,4 +96,5 @@ def test_stage_of_a_node_follows_its_sub_workflow():
     assert stage_of("hcld_bids_wf.sub_01_wf.t1w_wf.anat_preproc_wf.register") == "preprocessing"
     assert stage_of("hcld_bids_wf.sub_01_wf.t1w_wf.harmonization_wf.harmonize") == "harmonizing"
     assert stage_of("hcld_bids_wf.sub_01_wf.t1w_wf.qc_wf.harmonization_qc") == "quality control"
-    assert stage_of("hcld_bids_wf.sub_01_wf.t1w_wf.outputs_wf.ds_preproc") == "writing outputs"
+    assert stage_of("hcld_bids_wf.sub_01_wf.t1w_wf.outputs_wf.ds_preproc") == "preprocessing"
+    assert stage_of("hcld_bids_wf.sub_01_wf.t1w_wf.outputs_wf.ds_harmonized") == "writing outputs"

@@ -16,12 +16,23 @@ from hcld_bids.reports import group, metrics
 
 
 @pytest.fixture(scope="module")
-def group_run(fixture_dirs, tmp_path_factory):
-    """The group level run once on a copy of the fixture: (OUTPUT_DIR, table, html path)."""
+def group_written(fixture_dirs, tmp_path_factory):
+    """The group level run once on a copy of the fixture, one image marked as harmonized by the demo model:
+    (OUTPUT_DIR, GroupResult)."""
     output_dir = shutil.copytree(fixture_dirs[0], tmp_path_factory.mktemp("group") / "out")
-    tsv, html = group.run_group(output_dir, fixture_dirs[1])
-    table = pd.read_csv(tsv, sep="\t", dtype=str, keep_default_na=False)
-    return output_dir, table, html
+    sidecar = next(output_dir.glob("sub-07/anat/*_desc-harmonized_T1w.json"))
+    content = json.loads(sidecar.read_text())
+    content["HCLD"]["DemoModel"] = True
+    sidecar.write_text(json.dumps(content))
+    return output_dir, group.write_group(output_dir, fixture_dirs[1])
+
+
+@pytest.fixture(scope="module")
+def group_run(group_written):
+    """(OUTPUT_DIR, table, html path) of :func:`group_written`."""
+    output_dir, result = group_written
+    table = pd.read_csv(result.tsv, sep="\t", dtype=str, keep_default_na=False)
+    return output_dir, table, result.html
 
 
 def _row(table, participant, session="n/a"):
@@ -204,3 +215,101 @@ def test_read_ages_takes_the_age_column_in_any_case_and_skips_missing(tmp_path):
 def test_fixture_ages_reach_the_age_analysis(fixture_dirs):
     ages = group.read_ages(fixture_dirs[1])
     assert ages == {f"sub-{label}": age for label, age in AGES.items()}
+
+
+# --- failed QC, own anatomy, the verdict, images at the target site, the demo model ----------------------------
+
+
+def test_group_table_says_pass_fail_or_incomplete_for_every_image(group_run):
+    _, table, _ = group_run
+    assert _row(table, SHIFTED).qc == _row(table, ERASED).qc == "fail"
+    assert _row(table, UNFINISHED).qc == "incomplete"
+    others = table[~table.participant_id.isin([f"sub-{x}" for x in (SHIFTED, ERASED, UNFINISHED)])]
+    assert (others.qc == "pass").all()
+    assert list(table.columns).index("qc") == list(table.columns).index("image") + 1  # next to the image
+
+
+def test_group_table_marks_the_images_already_at_the_target_site(group_run):
+    _, table, _ = group_run
+    done = table[table.participant_id != f"sub-{UNFINISHED}"]
+    assert ((done.at_target_site == "yes") == (done.site == TARGET)).all()
+    assert (done.mean_abs_change.astype(float) > 0).all()
+
+
+def test_group_report_shows_own_anatomy_and_the_verdict_beside_the_distances(group_written, group_run):
+    output_dir, result = group_written
+    _, table, html = group_run
+    done = table[table.participant_id != f"sub-{UNFINISHED}"]
+    assert (done.own_anatomy == "yes").all()  # the fixture's outputs are their own people, even the damaged ones
+    text = html.read_text()
+    assert text.index('id="distances"') < text.index('id="anatomy"') < text.index('id="classifier"')
+    verdict = result.summary["verdict"]
+    # the sites came together, but 2 of 10 images changed anatomy: not a success, and the report says so on top
+    assert verdict["closer"] is True and verdict["anatomy"] is False and verdict["ok"] is False
+    top = text.split('<section id="summary">')[1].split("<table>")[0]
+    assert "Verdict: NOT a success yet" in top and "2 of 10 carry a structure flag" in top
+    assert "2 images failed QC" in top and "demo model shipped with hcld-bids" in top
+    assert "images already at the target site</th><td>3, harmonized anyway" in text
+
+
+def _people(n=10, blocks=400, seed=0):
+    rng = np.random.default_rng(seed)
+    common = rng.normal(size=blocks)  # what every registered brain shares
+    return np.array([common + 0.6 * rng.normal(size=blocks) for _ in range(n)])
+
+
+def test_identification_keeps_honest_harmonization_and_catches_collapsed_outputs():
+    before = _people()
+    honest = np.tanh(0.5 * before) * 0.8 + 0.3 + 0.02 * np.random.default_rng(1).normal(size=before.shape)
+    participants = [f"sub-{i}" for i in range(len(before))]
+    kept = group.anatomy_identification(before, honest, participants)
+    assert kept["rate"] == 1.0 and kept["rank"] == [1] * 10 and kept["chance"] == pytest.approx(0.1)
+    collapsed = np.repeat(before.mean(axis=0, keepdims=True), len(before), axis=0)  # every output the same brain
+    lost = group.anatomy_identification(before, collapsed, participants)
+    assert lost["rate"] <= 0.2
+    target = np.repeat(before[:1], len(before), axis=0)  # every output the target's anatomy
+    assert group.anatomy_identification(before, target, participants)["rate"] == pytest.approx(0.1)
+
+
+def test_identification_counts_another_session_of_the_same_person_as_own():
+    before = _people(6)
+    before[1] = before[0] + 0.05  # sub-a scanned twice
+    participants = ["sub-a", "sub-a", "sub-b", "sub-c", "sub-d", "sub-e"]
+    after = before.copy()
+    after[1] = before[0]  # most like the other session: still the same person
+    assert group.anatomy_identification(before, after, participants)["own"] == [True] * 6
+
+
+def test_verdict_of_collapsed_outputs_is_not_a_success_even_when_the_sites_came_together():
+    before, after = np.array([[0, 0.16], [0.16, 0]]), np.array([[0, 0.087], [0.087, 0]])
+    collapsed = {"rate": 0.1, "chance": 0.1, "own": [], "rank": [], "n": 10}
+    verdict = group.group_verdict(before, after, collapsed, structure_flagged=0, n_images=10)
+    assert verdict["ok"] is False and verdict["closer"] is True
+    assert verdict["text"].startswith("NOT a success: the sites came closer, but only 10% of the harmonized images")
+    good = group.group_verdict(before, after, {**collapsed, "rate": 1.0}, structure_flagged=0, n_images=10)
+    assert good["ok"] is True and good["text"].startswith("the sites came together without changing anatomy")
+    same = group.group_verdict(before, before, {**collapsed, "rate": 1.0}, structure_flagged=0, n_images=10)
+    assert same["ok"] is False and same["text"].startswith("anatomy kept, but the sites did not come together")
+    single = group.group_verdict(np.zeros((1, 1)), np.zeros((1, 1)), None, 0, 2)
+    assert single["ok"] is None and single["text"].startswith("cannot tell")
+
+
+def test_group_level_summary_names_failed_images_and_the_verdict(group_written, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from hcld_bids.levels.group import summarize_group
+
+    _, result = group_written
+    with caplog.at_level(logging.INFO, logger="hcld_bids"):
+        summarize_group(SimpleNamespace(), result)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert info[0].startswith("group level finished: 10 harmonized image(s) of 10 participant(s) from 3 site(s)")
+    assert any(w.startswith(f"QC FAILED for sub-{SHIFTED}/anat/") for w in warnings)
+    assert any(w.startswith(f"QC FAILED for sub-{ERASED}/anat/") for w in warnings)
+    assert any(w.startswith("verdict: NOT a success yet") for w in warnings)
+    assert any(w.startswith(f"1 image(s) incomplete (skipped): sub-{UNFINISHED}/") for w in warnings)
+    assert any("demo model" in w for w in warnings)
+    assert any(line.startswith("  report: ") for line in info)
+    assert any(line.startswith("  already at the target site: 3 image(s), harmonized anyway") for line in info)

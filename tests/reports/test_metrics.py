@@ -188,7 +188,7 @@ def test_output_mask_reveals_a_cut_off_part_of_the_brain(head):
 
 QC_KEYS = [
     "HistogramBins", "TargetHistogram", "InputHistogram", "OutputHistogram", "WassersteinInputToTarget",
-    "WassersteinOutputToTarget", "StructurePreservation", "MaskDice", "Flags",
+    "WassersteinOutputToTarget", "StructurePreservation", "MaskDice", "MeanAbsoluteChange", "Flags",
 ]
 
 
@@ -202,6 +202,9 @@ def test_image_qc_returns_the_contract_block(head, other_head):
     assert qc["WassersteinOutputToTarget"] < 0.5 * qc["WassersteinInputToTarget"]
     assert qc["StructurePreservation"] > metrics.STRUCTURE_THRESHOLD
     assert qc["MaskDice"] > metrics.MASK_DICE_THRESHOLD
+    brain = mask > 0
+    assert qc["MeanAbsoluteChange"] == pytest.approx(float(abs(output[brain] - preproc[brain]).mean()), abs=1e-6)
+    assert metrics.image_qc(preproc, preproc * brain, mask, *target)["MeanAbsoluteChange"] == 0.0
     assert qc["Flags"] == []
     import json
 

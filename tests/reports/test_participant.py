@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -17,7 +18,11 @@ from hcld_bids.reports.participant import write_participant_report
 def reports(fixture_dirs, tmp_path_factory):
     """Reports of three subjects (sessions, damaged, unfinished) written into a copy of the fixture."""
     output_dir = shutil.copytree(fixture_dirs[0], tmp_path_factory.mktemp("participant") / "out")
-    pages = {label: write_participant_report(output_dir, label) for label in ("08", SHIFTED, UNFINISHED)}
+    # sub-01 is at the target site already; say it was harmonized with the demo model
+    sidecar = next(output_dir.glob("sub-01/anat/*_desc-harmonized_T1w.json"))
+    sidecar.write_text(json.dumps(dict(json.loads(sidecar.read_text()), HCLD=dict(
+        json.loads(sidecar.read_text())["HCLD"], DemoModel=True))))
+    pages = {label: write_participant_report(output_dir, label) for label in ("01", "08", SHIFTED, UNFINISHED)}
     return output_dir, pages
 
 
@@ -67,7 +72,24 @@ def test_report_of_a_damaged_output_shows_the_flag_prominently(reports):
 def test_report_of_a_clean_output_says_it_passed(reports):
     _, pages = reports
     text = pages["08"].read_text()
-    assert text.count('class="banner ok"') == 2 and 'class="banner bad"' not in text
+    assert text.count('class="banner ok"') == 3 and 'class="banner bad"' not in text  # summary + each session
+    assert "Every image passed QC." in text and "demo model" not in text and "already at the target site" not in text
+
+
+def test_a_failed_image_is_named_at_the_top_of_its_report(reports):
+    _, pages = reports
+    text = pages[SHIFTED].read_text()
+    top = text.split('<section id="summary">')[1].split("<table>")[0]
+    assert 'class="banner bad"' in top and f'href="#sub-{SHIFTED}"' in top and metrics.FLAG_STRUCTURE in top
+
+
+def test_demo_model_and_an_image_already_at_the_target_site_are_said_in_the_report(reports):
+    _, pages = reports
+    text = pages["01"].read_text()
+    top = text.split('<section id="summary">')[1].split("<table>")[0]
+    assert "demo model shipped with hcld-bids: for trying the app, not for research" in top
+    assert "This image was already at the target site (siteA)" in text
+    assert "harmonization changed it by 0.0" in text  # the measured change, from the sidecar
 
 
 def test_report_of_an_unfinished_image_says_what_is_missing(reports):

@@ -36,5 +36,7 @@ def test_participant_summary_names_failed_qc_incomplete_images_and_the_reports(f
     assert f"1 image(s) incomplete: sub-{UNFINISHED}" in warnings
     assert any("demo model" in w and "not for research" in w for w in warnings)
     assert "  QC: 2 of 3 image(s) flagged" in info and any("reports: " in line for line in info)
+    assert any(line.startswith("  already at the target site siteA: 1 image(s) (sub-01_T1w), harmonized anyway")
+               for line in info)
     assert summary["incomplete"] == [f"sub-{UNFINISHED}"] and set(summary["flagged"]) == {f"sub-{SHIFTED}",
                                                                                           f"sub-{ERASED}"}
