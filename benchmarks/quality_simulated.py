@@ -97,10 +97,21 @@ _NAME = re.compile(r"sub-(?P<sub>[^_]+)_ses-(?P<site>[^_]+)_t1w\.nii\.gz$")
 # ----------------------------------------------------------------------------------------------- inputs
 
 def load_inputs(inputs: Path) -> dict:
-    """``{subject: {site: (volume float32, brain mask bool)}}`` from ``sub-<s>_ses-<site>_{t1w,mask}.nii.gz``."""
+    """``{subject: {site: (volume float32, brain mask bool)}}`` from ``sub-<s>_ses-<site>_{t1w,mask}.nii.gz``,
+    or from a pack of scripts/demo_model/pack_inputs.py (a folder with ``inputs.npz``; no nibabel needed)."""
+    images = defaultdict(dict)
+    if (Path(inputs) / "inputs.npz").is_file():
+        sys.path.insert(0, str(REPO / "scripts" / "demo_model"))
+        from train_demo import load_pack
+
+        volumes, masks, _, labels = load_pack(Path(inputs))
+        for vol, mask, label in zip(volumes, masks, labels):
+            m = re.match(r"sub-(?P<sub>[^_]+)_ses-(?P<site>[^_]+)$", label)
+            if m:
+                images[m["sub"]][m["site"]] = (vol, mask)
+        return dict(images)
     import nibabel as nib
 
-    images = defaultdict(dict)
     for path in sorted(Path(inputs).glob("*_t1w.nii.gz")):
         m = _NAME.match(path.name)
         if not m:

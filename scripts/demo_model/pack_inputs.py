@@ -3,7 +3,8 @@
 
 The train level preprocesses every T1w (``hcld-bids BIDS_DIR OUT train -w WORK``; the volumes land in
 ``WORK/train/inputs``). This script collects them with their sites into a compressed ``.npz`` (float16
-intensities, bit-packed masks) and writes ``manifest_base.json`` (preprocessing specification, per-site
+intensities, or 8-bit with ``--uint8``, which keeps a pack of the whole training set small enough to travel
+to a GPU node; bit-packed masks) and writes ``manifest_base.json`` (preprocessing specification, per-site
 intensity histograms, data summary) so that :mod:`train_on_inputs` can train on a machine without the
 neuroimaging stack (e.g. a GPU node with only PyTorch).
 
@@ -27,6 +28,8 @@ def main(argv=None) -> int:
     ap.add_argument("work_dir", type=Path)
     ap.add_argument("dest", type=Path)
     ap.add_argument("--site-column", default="site")
+    ap.add_argument("--uint8", action="store_true",
+                    help="store intensities as round(255 x) in 8 bits (quantization step 1/255) instead of float16")
     ap.add_argument("--participant-label", nargs="+", default=None,
                     help="pack these participants only (with or without 'sub-'; default: all)")
     args = ap.parse_args(argv)
@@ -57,7 +60,8 @@ def main(argv=None) -> int:
     args.dest.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         args.dest / "inputs.npz",
-        volumes=np.stack(volumes).astype(np.float16),
+        volumes=(np.round(np.clip(np.stack(volumes), 0, 1) * 255).astype(np.uint8) if args.uint8
+                 else np.stack(volumes).astype(np.float16)),
         masks=np.packbits(np.stack(masks), axis=-1),
         shape=np.array(volumes[0].shape),
         sites=np.array(sites),

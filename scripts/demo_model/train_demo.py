@@ -51,8 +51,8 @@ DEFAULT_STATE = REPO / "scripts" / "demo_model" / "state"
 RECIPE = {
     "autoencoder": {"channels": [32], "latent_channels": 4, "num_res_blocks": 2, "attention_levels": [False],
                     "norm_groups": 8, "patch_size": 2, "mid_attention": False},
-    "unet": {"channels": [64, 96, 128], "num_res_blocks": 1, "attention_levels": [False, False, True],
-             "head_channels": 64, "norm_groups": 32, "patch_size": 2},
+    "unet": {"channels": [32, 32, 32], "num_res_blocks": 1, "attention_levels": [False, False, True],
+             "head_channels": 32, "norm_groups": 16, "patch_size": 2},
     "stage1": {"steps": 6000, "batch_size": 2, "lr": 5e-4, "patch_size": [64, 64, 64], "kl_weight": 1e-6,
                "ssim_weight": 0.5, "adv_weight": 0.0, "adv_warmup_epochs": 1e9, "ema_decay": 0.999,
                "augment_prob": 0.5, "warmup_steps": 100, "lr_min_ratio": 0.05, "checkpoint_every": 200},
@@ -85,7 +85,9 @@ def load_pack(pack: Path):
     """Volumes (float32), brain masks (bool), sites and labels of a ``pack_inputs.py`` folder."""
     data = np.load(Path(pack) / "inputs.npz")
     shape = tuple(int(s) for s in data["shape"])
-    volumes = [v.astype(np.float32) for v in data["volumes"]]
+    stored = data["volumes"]
+    scale = 1.0 / 255.0 if stored.dtype == np.uint8 else 1.0  # --uint8 packs hold round(255 x)
+    volumes = [v.astype(np.float32) * np.float32(scale) for v in stored]
     masks = [m.astype(bool) for m in np.unpackbits(data["masks"], axis=-1, count=shape[-1])]
     labels = [str(s) for s in data["labels"]] if "labels" in data else [str(i) for i in range(len(volumes))]
     return volumes, masks, [str(s) for s in data["sites"]], labels
@@ -168,12 +170,12 @@ def stage_configs(recipe: dict, batch_scale: int = 1, progress: bool = False, se
     """The engine's configs of both stages from a recipe; ``batch_scale`` multiplies the batch sizes (GPU)."""
     from hcld_bids.model.training import AutoencoderTrainConfig, LDMTrainConfig
 
-    s1 = dict(recipe["stage1"])
+    s1 = dict(recipe["stage1"], compact_checkpoint=True)
     s1["batch_size"] = int(s1.get("batch_size", 2)) * batch_scale
     if s1.get("patch_size") is not None:
         s1["patch_size"] = tuple(s1["patch_size"])
     ae_cfg = AutoencoderTrainConfig(autoencoder=dict(recipe["autoencoder"]), seed=seed, progress=progress, **s1)
-    s2 = dict(recipe["stage2"])
+    s2 = dict(recipe["stage2"], compact_checkpoint=True)
     s2["batch_size"] = int(s2.get("batch_size", 1)) * batch_scale
     lat = int(recipe["autoencoder"]["latent_channels"])
     unet = dict(recipe["unet"], in_channels=2 * lat, out_channels=lat)
@@ -322,7 +324,8 @@ def run(args) -> int:
     ldm_result = None
     if stage2_ready and (2 in args.stages or args.bundle):
         if ae_result is None:  # rebuild the final autoencoder (EMA) from the checkpoint without training
-            ae_result = train_autoencoder(volumes, ae_cfg, wd1, device=device, stop_after_steps=0)
+            ae_result = train_autoencoder(volumes, ae_cfg, wd1, device=device, stop_after_steps=0,
+                                          augment=site_augment)
         ae, sf = ae_result.autoencoder, ae_result.scale_factor
         eval2 = int(recipe["eval_every"]["stage2"])
         val_latents = None

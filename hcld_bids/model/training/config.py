@@ -30,6 +30,9 @@ class LoopConfig:
     # Exponential moving average of the trained network's weights (decay per optimizer step); the EMA copy
     # is what a finished stage returns and what a bundle stores. None: no EMA.
     ema_decay: float | None = None
+    # Store the optimizers' moment estimates in bfloat16 (a third less checkpoint; resuming is then close to,
+    # not bit-identical with, an uninterrupted run). For training states kept in a repository.
+    compact_checkpoint: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -26,7 +26,17 @@ HISTORY = "history.csv"
 #: Settings that may change between a checkpoint and its resumption: how long and how the work is cut into
 #: batches and precision (a CPU state resumed on a GPU with larger batches), not what is learned.
 RESUMABLE_CHANGES = ("steps", "epochs", "checkpoint_every", "progress", "batch_size", "grad_accum", "amp",
-                     "amp_dtype")
+                     "amp_dtype", "compact_checkpoint")
+
+
+def _compact_optimizer_state(state: dict) -> dict:
+    """An optimizer state dict with its floating-point per-parameter tensors (Adam's moments) in bfloat16;
+    ``Optimizer.load_state_dict`` casts them back to the parameters' dtype."""
+    out = dict(state)
+    out["state"] = {k: {name: (v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() and v.ndim > 0
+                               else v) for name, v in per_param.items()}
+                    for k, per_param in state["state"].items()}
+    return out
 
 
 class WarmupCosine:
@@ -184,7 +194,8 @@ class TrainingRun:
             "step": self.step,
             "config": self.config_dict(),
             "models": {k: unwrap(m).state_dict() for k, m in self.models.items()},
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "optimizers": {k: (_compact_optimizer_state(o.state_dict()) if self.cfg.compact_checkpoint
+                               else o.state_dict()) for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "scaler": self.scaler.state_dict(),
             "extra": self.extra_state(),

@@ -47,15 +47,20 @@ class _Stage1(TrainingRun):
         self.augment = augment
         torch.manual_seed(cfg.seed)
         ae = AutoencoderKL(**cfg.autoencoder).to(self.device)
-        disc = losses.PatchDiscriminator3D(1, cfg.disc_channels, cfg.disc_layers).to(self.device)
         if self.device.type == "cpu":  # oneDNN runs 3D convolutions faster in channels_last_3d
             ae = ae.to(memory_format=torch.channels_last_3d)
-            disc = disc.to(memory_format=torch.channels_last_3d)
-        self.ae, self.disc = ctx.wrap(ae), ctx.wrap(disc)
-        self.models = {"autoencoder": self.ae, "discriminator": self.disc}
+        self.ae = ctx.wrap(ae)
+        self.models = {"autoencoder": self.ae}
         self.ema_model = "autoencoder"
-        self.optimizers = {"autoencoder": torch.optim.Adam(self.ae.parameters(), lr=cfg.lr),
-                           "discriminator": torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr)}
+        self.optimizers = {"autoencoder": torch.optim.Adam(self.ae.parameters(), lr=cfg.lr)}
+        self.disc = None
+        if cfg.adv_weight > 0:  # without the adversarial term there is no discriminator to train or to keep
+            disc = losses.PatchDiscriminator3D(1, cfg.disc_channels, cfg.disc_layers).to(self.device)
+            if self.device.type == "cpu":
+                disc = disc.to(memory_format=torch.channels_last_3d)
+            self.disc = ctx.wrap(disc)
+            self.models["discriminator"] = self.disc
+            self.optimizers["discriminator"] = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr)
         self.schedulers = {k: self.lr_schedule(o) for k, o in self.optimizers.items()}
 
     def _sync(self, model, last: bool):
@@ -80,7 +85,7 @@ class _Stage1(TrainingRun):
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
-        raw_disc = unwrap(self.disc)
+        raw_disc = unwrap(self.disc) if self.disc is not None else None
         for micro in range(cfg.grad_accum):
             last = micro == cfg.grad_accum - 1
             gen = self.generator(step, micro, "data")

@@ -44,7 +44,7 @@ LATENT_CACHE = "latents.safetensors"
 @dataclass
 class LDMResult:
     unet: DiffusionUNet
-    discriminator: losses.LatentStyleDiscriminator
+    discriminator: losses.LatentStyleDiscriminator | None  # None when trained without the adversarial term
     prototypes: dict[str, SitePrototype]
     schedule: NoiseSchedule
     history: Path
@@ -109,13 +109,17 @@ class _Stage2(TrainingRun):
         ucfg.setdefault("in_channels", 2 * latents.shape[1])
         ucfg.setdefault("out_channels", latents.shape[1])
         unet = DiffusionUNet(**ucfg).to(self.device)
-        disc = losses.LatentStyleDiscriminator(latents.shape[1], tuple(cfg.disc_channels)).to(self.device)
-        self.unet, self.disc = ctx.wrap(unet), ctx.wrap(disc)
-        self.models = {"unet": self.unet, "discriminator": self.disc}
+        self.unet = ctx.wrap(unet)
+        self.models = {"unet": self.unet}
+        self.optimizers = {"unet": torch.optim.Adam(self.unet.parameters(), lr=cfg.lr)}
+        self.disc = None
+        if cfg.adv_weight > 0:  # without the adversarial term there is no style discriminator to train or keep
+            disc = losses.LatentStyleDiscriminator(latents.shape[1], tuple(cfg.disc_channels)).to(self.device)
+            self.disc = ctx.wrap(disc)
+            self.models["discriminator"] = self.disc
+            self.optimizers["discriminator"] = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr,
+                                                                betas=tuple(cfg.disc_betas))
         self.ema_model = "unet"
-        self.optimizers = {"unet": torch.optim.Adam(self.unet.parameters(), lr=cfg.lr),
-                           "discriminator": torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr,
-                                                             betas=tuple(cfg.disc_betas))}
         self.schedulers = {k: self.lr_schedule(o) for k, o in self.optimizers.items()}
 
     def _sync(self, model, last: bool):
@@ -166,7 +170,7 @@ class _Stage2(TrainingRun):
         adversarial = cfg.adv_weight > 0 and self.epoch_of(step) >= cfg.adv_burn_in_epochs
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
-        raw_disc = unwrap(self.disc)
+        raw_disc = unwrap(self.disc) if self.disc is not None else None
         sums: dict[str, float] = {}
         T = self.schedule.num_train_timesteps
         for micro in range(cfg.grad_accum):
@@ -247,5 +251,6 @@ def train_ldm(data, site_labels: Sequence[str], cfg: LDMTrainConfig, workdir, *,
     if averaged is not None:  # the moving average of the weights is the trained network
         unet = DiffusionUNet(**unet.config).to(ctx.device)
         unet.load_state_dict(averaged)
-    return LDMResult(unet.eval(), unwrap(run.disc).eval(), run.prototypes, run.schedule,
+    disc = unwrap(run.disc).eval() if run.disc is not None else None
+    return LDMResult(unet.eval(), disc, run.prototypes, run.schedule,
                      Path(workdir) / HISTORY, complete)

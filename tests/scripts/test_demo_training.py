@@ -1,0 +1,150 @@
+"""The demo model's training scripts at a tiny size on the CPU: the resumable driver (train_demo.py) and the
+prepared GPU session (gpu_session.py), on a pack made here from the vendored scans."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts" / "demo_model"))
+sys.path.insert(0, str(ROOT / "tests" / "model"))
+
+import train_demo  # noqa: E402
+from conftest import REAL_SCANS, load_real_volume  # noqa: E402
+
+
+def _pack(dest: Path, subjects=("a", "b"), sites=("siteA", "siteB")) -> Path:
+    """A pack like pack_inputs.py writes: 32x48x32 volumes (uint8), masks, sites, labels, manifest_base.json."""
+    from hcld_bids.reports.metrics import site_histogram
+    from hcld_bids.simulate import SITES, restyle_model_volume
+
+    vols, masks, labels, site_of = [], [], [], []
+    for k, sub in enumerate(subjects):
+        base = load_real_volume(REAL_SCANS[k % len(REAL_SCANS)])
+        base[base < 0.15] = 0.0
+        for j, site in enumerate(sites):
+            vol = restyle_model_volume(base, SITES[site], np.random.default_rng(10 * k + j))
+            vols.append(vol)
+            masks.append(vol > 0)
+            labels.append(f"sub-{sub}_ses-{site}")
+            site_of.append(site)
+    dest.mkdir(parents=True)
+    np.savez_compressed(dest / "inputs.npz", volumes=np.round(np.stack(vols) * 255).astype(np.uint8),
+                        masks=np.packbits(np.stack(masks), axis=-1), shape=np.array(vols[0].shape),
+                        sites=np.array(site_of), labels=np.array(labels))
+    hists = {}
+    for site in sites:
+        idx = [i for i, s in enumerate(site_of) if s == site]
+        edges, density = site_histogram([vols[i] for i in idx], [masks[i] for i in idx])
+        hists[site] = {"n_images": len(idx), "intensity_histogram": {"edges": edges.tolist(),
+                                                                     "density": density.tolist()}}
+    (dest / "manifest_base.json").write_text(json.dumps({
+        "sites": hists, "training": {"data": {"n_images": len(vols), "sites": {s: 2 for s in sites}}}}))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def packs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("packs")
+    return _pack(root / "train"), _pack(root / "test", subjects=("c", "d"))
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_load_pack_reads_uint8_volumes_back_to_unit_range(packs):
+    volumes, masks, sites, labels = train_demo.load_pack(packs[0])
+    assert len(volumes) == 4 and volumes[0].dtype == np.float32 and volumes[0].shape == (32, 48, 32)
+    assert 0.0 <= min(v.min() for v in volumes) and max(v.max() for v in volumes) == pytest.approx(1.0, abs=1e-6)
+    assert sites == ["siteA", "siteB"] * 2 and labels[1] == "sub-a_ses-siteB"
+    assert all(m[v > 0].all() and m.sum() > 0.9 * (v > 0).sum() for m, v in zip(masks, volumes))
+
+
+@pytest.fixture(scope="module")
+def trained(packs, tmp_path_factory):
+    """Two runs of train_demo.py on one state: the first stops inside stage 1, the second finishes."""
+    root = tmp_path_factory.mktemp("trained")
+    state = root / "state"
+    common = ["--pack", str(packs[0]), "--val-pack", str(packs[1]), "--state", str(state), "--tiny",
+              "--threads", "1", "--reserve-minutes", "0"]
+    codes = [train_demo.main(common + ["--minutes", "5", "--stages", "1",
+                                       "--recipe-json", '{"eval_every": {"stage1": 2, "stage2": 2}}'])]
+    first_curve = _rows(state / "curve.csv")
+    try:
+        train_demo.main(common + ["--minutes", "1", "--recipe-json", '{"stage1": {"steps": 9}}'])
+        refused = None
+    except SystemExit as exc:
+        refused = str(exc)
+    codes.append(train_demo.main(common + ["--minutes", "5", "--bundle", str(root / "bundle")]))
+    return {"state": state, "bundle": root / "bundle", "codes": codes, "first_curve": first_curve,
+            "refused": refused}
+
+
+@pytest.mark.slow
+def test_train_demo_resumes_from_its_state_and_writes_a_bundle(packs, trained):
+    from hcld_bids.model import Harmonizer, load_bundle
+
+    state, bundle = trained["state"], trained["bundle"]
+    assert trained["codes"] == [0, 0]
+    # the first run's budget ended inside stage 1 (the --stages 1 run stops at the stage's last step)
+    first = trained["first_curve"]
+    assert [r["stage"] for r in first] == ["stage1", "stage1"] and [r["step"] for r in first] == ["2", "4"]
+    assert all(0.0 < float(r["value"]) <= 1.0 and r["metric"] == "heldout_recon_ssim" for r in first)
+    assert float(first[1]["wall_s"]) > float(first[0]["wall_s"]) > 0
+    assert "recipe is fixed" in trained["refused"]
+    # the second run resumed: stage 1 was done, stage 2 trained its steps, the bundle was written
+    curve = _rows(state / "curve.csv")
+    assert [r["stage"] for r in curve] == ["stage1"] * 2 + ["stage2"] * 2
+    assert all(float(r["value"]) > 0 and r["metric"] == "heldout_noise_mse" for r in curve[2:])
+    record = json.loads((state / "record.json").read_text())
+    assert len(record["runs"]) == 2 and record["runs"][1]["stage2_steps"] == 4
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["inference"]["kind"] == "sdedit" and manifest["training"]["stage2"]["steps_done"] == 4
+    assert manifest["training"]["recipe"]["autoencoder"]["patch_size"] == 2
+    assert len(manifest["training"]["learning_curve"]) == 4
+    assert set(manifest["sites"]) == {"siteA", "siteB"}
+    h = Harmonizer(load_bundle(bundle))
+    vol = train_demo.load_pack(packs[1])[0][0]
+    out = h.harmonize(vol, h.style_from_site("siteA"), mask=vol > 0)
+    assert out.shape == vol.shape and not out[vol == 0].any()
+    # only the state, no pile of checkpoints: one checkpoint per stage
+    assert sorted(p.name for p in state.rglob("checkpoint*")) == ["checkpoint.pt", "checkpoint.pt"]
+
+
+@pytest.mark.slow
+def test_gpu_session_runs_on_the_cpu_at_a_tiny_size(packs, trained, tmp_path):
+    """The prepared GPU script, on the CPU: resumes the trained state (so it only evaluates, writes the bundle
+    and times), returns its files under --out."""
+    import shutil
+
+    import gpu_session
+
+    state = tmp_path / "state"
+    shutil.copytree(trained["state"], state)
+    out = tmp_path / "out"
+    code = gpu_session.main(["--pack", str(packs[0]), "--val-pack", str(packs[1]), "--test-pack", str(packs[1]),
+                             "--out", str(out), "--minutes", "4", "--eval-minutes", "1", "--speed-minutes", "1",
+                             "--state", str(state), "--tiny", "--device", "cpu"])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["bundle.tar", "record.json", "speed.txt", "state.tar"]
+    record = json.loads((out / "record.json").read_text())
+    assert record["steps"]["train"]["exit"] == 0 and record["seconds"] < 240
+    quality = record["quality"]["summary"]
+    assert set(quality) == {"input", "histmatch", "final"} and quality["final"]["n"] == 4
+    with tarfile.open(out / "state.tar") as tar:
+        names = tar.getnames()
+    assert {"recipe.json", "stage1/checkpoint.pt", "stage2/checkpoint.pt", "curve.csv", "record.json"} <= set(names)
+    with tarfile.open(out / "bundle.tar") as tar:
+        assert "manifest.json" in tar.getnames()
+    assert "ours" in (out / "speed.txt").read_text().lower()
+    # the session's run is recorded in the state it returns, the repository's copy is untouched
+    assert len(json.loads((trained["state"] / "record.json").read_text())["runs"]) == 2
