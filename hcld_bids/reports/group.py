@@ -8,8 +8,12 @@ row with their problem as a flag and no numbers.
 
 The report compares the sites before and after harmonization:
 
+- at the top: the images that failed QC, a banner when the demo model made them, and a verdict
+  (:func:`group_verdict`): did the sites come together without the images losing their anatomy?
 - mean brain-intensity histograms per site, with the target style;
-- site-by-site Wasserstein-1 distances of those histograms;
+- site-by-site Wasserstein-1 distances of those histograms, and beside them whether each image kept its
+  own anatomy (:func:`anatomy_identification`): smaller distances mean nothing if every image became the
+  same brain;
 - accuracy of a cross-validated site classifier (logistic regression, stratified k-fold) on two
   feature sets — the 64-bin histogram and the brain at 4 mm (block means) — next to chance, the rate
   of the most frequent site: harmonization should bring it down toward chance;
