@@ -23,8 +23,10 @@ target site by
   landmarks, while the comparison with the same head at the target site needs the standard scale in the
   target site's intensity units; the method is some thirty lines and adding a runtime dependency for it
   was not worth it;
-- ``hcld``: :class:`hcld_bids.model.harmonize.Harmonizer` toward the site's prototype
-  (``--inversion-steps`` + ``--sampling-steps`` DDIM steps, output masked to the brain);
+- ``hcld``: :class:`hcld_bids.model.harmonize.Harmonizer` toward the site's prototype under the bundle's own
+  inference regime (its manifest's ``inference`` block: what the participant level runs), with
+  ``--inversion-steps`` / ``--sampling-steps`` overriding its DDIM steps when given; output masked to the
+  brain;
 - ``hcld_t<N>`` (one per ``--t-end N``): the same with the inversion stopped at timestep N and the sampling
   started there (``Harmonizer.harmonize(t_end=N)``; the default runs to the last training timestep, 999);
 - ``latent_adain`` (with ``--latent-adain``; an ablation): HCLD without the diffusion model, the decoded
@@ -35,10 +37,10 @@ target site by
   :class:`hcld_bids.model.harmonize.Regime` (keys: strength, inversion_steps, sampling_steps, detail,
   calibrate, z0_clip, readapt_condition), e.g. ``sdedit30=sdedit,strength=0.3,sampling_steps=1``;
 - ``--chain`` adds the loss budget of a bundle, in the order the path loses or gains: ``recon``,
-  ``latent_adain``, ``full`` (full inversion, 30 + 10 steps), ``research`` (the research code's mismatched
-  schedule), ``dual`` (DDIB, strength 0.5), ``sdedit`` at strengths 0.1 / 0.3 / 0.5 (one sampling step),
-  the same with detail re-injection, and ``final``: the bundle's own inference regime (its manifest's
-  ``inference`` block), which is what the participant level runs.
+  ``latent_adain``, then the regimes of :data:`CHAIN` without post-processing: ``full`` (full inversion,
+  30 + 10 steps), ``research`` (the research code's mismatched schedule), ``dual10`` (DDIB, strength 0.1),
+  ``sdedit02`` ... ``sdedit20`` (one sampling step at strength 0.02 to 0.2) and ``sdedit05_5steps``; and the
+  bundle's own regime (``hcld``) without its detail re-injection and/or its calibration.
 
 Per pair (inside the brain = both brain masks): SSIM (3D, Gaussian window sigma 1.5 voxels, averaged over
 the brain), PSNR and MAE, Wasserstein-1 distance between the brain-intensity histograms of the output and
@@ -241,9 +243,13 @@ def write_tsv(path: Path, rows: list[dict]) -> None:
 # ----------------------------------------------------------------------------------------------- main
 
 def _hcld_output(harmonizer, cache: Path | None, key: str, inp, mask, style, args, t_end: int | None = None):
-    name = f"{key}_inv{args.inversion_steps}_samp{args.sampling_steps}" + (f"_tend{t_end}" if t_end else "")
+    regime = harmonizer.resolve_regime(inversion_steps=args.inversion_steps, sampling_steps=args.sampling_steps)
+    stamp = json.dumps({**regime.to_dict(), "t_end": t_end}, sort_keys=True)
+    name = f"{key}_{regime.kind}_inv{regime.inversion_steps}_samp{regime.sampling_steps}" \
+        + (f"_tend{t_end}" if t_end else "")
     path = cache / f"{name}.npy" if cache else None
-    if path is not None and path.is_file():
+    if path is not None and path.is_file() and (not path.with_suffix(".json").is_file()
+                                                or path.with_suffix(".json").read_text() == stamp):
         return np.load(path), float("nan")
     t0 = time.perf_counter()
     out = harmonizer.harmonize(inp, style, inversion_steps=args.inversion_steps,
@@ -251,20 +257,35 @@ def _hcld_output(harmonizer, cache: Path | None, key: str, inp, mask, style, arg
     seconds = time.perf_counter() - t0
     if path is not None:
         np.save(path, out)
+        path.with_suffix(".json").write_text(stamp)
     return out, seconds
 
 
-#: The loss-budget chain of ``--chain`` (names and regime specs; ``final`` is the bundle's own regime).
+#: The loss-budget chain of ``--chain``: regimes compared with the bundle's own (names and regime specs).
 CHAIN = (
-    ("full", "full,strength=1.0,inversion_steps=30,sampling_steps=10"),
-    ("research", "research"),
-    ("dual", "dual,strength=0.5,inversion_steps=10,sampling_steps=10"),
-    ("sdedit10", "sdedit,strength=0.1,sampling_steps=1"),
-    ("sdedit30", "sdedit,strength=0.3,sampling_steps=1"),
-    ("sdedit50", "sdedit,strength=0.5,sampling_steps=1"),
-    ("sdedit30_detail", "sdedit,strength=0.3,sampling_steps=1,detail=1.0"),
-    ("sdedit30_detail_cal", "sdedit,strength=0.3,sampling_steps=1,detail=1.0,calibrate=true"),
+    ("full", "full,strength=1.0,inversion_steps=30,sampling_steps=10,detail=0,calibrate=false"),
+    ("research", "research,detail=0,calibrate=false"),
+    ("dual10", "dual,strength=0.1,inversion_steps=10,sampling_steps=10,detail=0,calibrate=false"),
+    ("sdedit02", "sdedit,strength=0.02,sampling_steps=1,detail=0,calibrate=false"),
+    ("sdedit05", "sdedit,strength=0.05,sampling_steps=1,detail=0,calibrate=false"),
+    ("sdedit10", "sdedit,strength=0.1,sampling_steps=1,detail=0,calibrate=false"),
+    ("sdedit20", "sdedit,strength=0.2,sampling_steps=1,detail=0,calibrate=false"),
+    ("sdedit05_5steps", "sdedit,strength=0.05,sampling_steps=5,detail=0,calibrate=false"),
 )
+
+
+def chain_ablations(default) -> dict:
+    """The bundle's own regime without each of its post-processing steps (``hcld`` is the regime itself)."""
+    from dataclasses import replace
+
+    out = {}
+    if default.detail:
+        out["hcld_nodetail"] = replace(default, detail=0.0)
+    if default.calibrate:
+        out["hcld_nocalibration"] = replace(default, calibrate=False)
+    if default.detail and default.calibrate:
+        out["hcld_plain"] = replace(default, detail=0.0, calibrate=False)
+    return out
 
 
 def parse_regime(spec: str, base):
@@ -335,8 +356,8 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", nargs="*", default=None, help="target sites (default: every site)")
     ap.add_argument("--subjects", type=int, default=None, help="use the first N subjects (sorted labels)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--inversion-steps", type=int, default=30)
-    ap.add_argument("--sampling-steps", type=int, default=10)
+    ap.add_argument("--inversion-steps", type=int, default=None, help="override the bundle regime's DDIM steps")
+    ap.add_argument("--sampling-steps", type=int, default=None, help="override the bundle regime's DDIM steps")
     ap.add_argument("--nyul-fit", choices=["loso", "bundle"], default="loso",
                     help="standard scale of Nyul: other subjects' target-site images (loso) or the bundle "
                          "histogram's quantiles")
@@ -383,9 +404,10 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.cache:
         args.cache.mkdir(parents=True, exist_ok=True)
+    own = harmonizer.resolve_regime(inversion_steps=args.inversion_steps, sampling_steps=args.sampling_steps)
     print(f"{len(subjects)} subjects x {len(sites)} sites, targets {', '.join(targets)}; bundle {args.bundle.name}; "
-          f"HCLD {args.inversion_steps} + {args.sampling_steps} DDIM steps on {args.device} "
-          f"({torch.get_num_threads()} threads); Nyul standard scale: {nyul_fit}", flush=True)
+          f"HCLD {own} on {args.device} ({torch.get_num_threads()} threads); Nyul standard scale: {nyul_fit}",
+          flush=True)
 
     regimes = {}
     for item in list(CHAIN if args.chain else ()) + [tuple(r.split("=", 1)) for r in args.regime]:
@@ -396,7 +418,7 @@ def main(argv=None) -> int:
         except ValueError as err:
             ap.error(str(err))
     if args.chain:
-        regimes["final"] = harmonizer.default_regime
+        regimes.update(chain_ablations(harmonizer.default_regime))
     methods = METHODS + tuple(f"hcld_t{t}" for t in args.t_end) + (("recon",) if args.chain else ()) \
         + (("latent_adain",) if (args.latent_adain or args.chain) else ()) + tuple(regimes)
     pair_rows, clf_rows, hcld_seconds = [], [], []
@@ -472,6 +494,8 @@ def main(argv=None) -> int:
         "inversion_steps": args.inversion_steps, "sampling_steps": args.sampling_steps, "t_end": args.t_end,
         "latent_adain": args.latent_adain,
         "regimes": {name: regime.to_dict() for name, regime in regimes.items()},
+        "hcld_regime": harmonizer.resolve_regime(inversion_steps=args.inversion_steps,
+                                                 sampling_steps=args.sampling_steps).to_dict(),
         "nyul_fit": nyul_fit,
         "chance": 1.0 / len(sites), "summary": summary, "per_target": per_target, "classifier": clf_rows,
         "hcld_seconds_mean": round(float(np.mean(hcld_seconds)), 2) if hcld_seconds else None,
