@@ -6,7 +6,10 @@
    the run with one line and exit code 65 instead of a crashed node;
 3. builds one nipype workflow (:func:`hcld_bids.workflows.base.init_hcld_wf`) and runs it with the
    configured plugin, crash files under ``OUTPUT_DIR/sub-<label>/log/<run uuid>/``;
-4. writes the participant reports and the methods boilerplate.
+4. writes the participant reports and the methods boilerplate, and prints a summary (what was harmonized,
+   what failed QC and why, what is incomplete, where the reports are).
+
+The console shows one line per participant and stage meanwhile (:mod:`.progress`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 from ..bids.atomic import remove_stale_temporaries
 from ..errors import UsageError
+from ..manifest import describe_sites
 from .execution import (
     check_reference_image,
     check_t1w_images,
@@ -24,7 +28,6 @@ from .execution import (
     run_workflow,
     write_boilerplate,
 )
-from ..manifest import describe_sites
 from .model import check_memory, open_model, resolve_torch_device
 from .progress import PROGRESS, Progress, print_summary
 
