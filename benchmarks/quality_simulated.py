@@ -470,8 +470,8 @@ def main(argv=None) -> int:
                     scores[method] = row["ssim"]
                 print(f"  {sub} {source} -> {target}  SSIM " + "  ".join(f"{m} {v:.3f}" for m, v in scores.items())
                       + (f"  (HCLD {seconds:.1f} s)" if not math.isnan(seconds) else "  (HCLD cached)"), flush=True)
-        for method in methods:
-            acc = site_classifier_accuracy(features[method], labels, groups)
+        for method in methods:  # one subject cannot be cross-validated by subject: no classifier figure then
+            acc = site_classifier_accuracy(features[method], labels, groups) if len(subjects) > 1 else float("nan")
             clf_rows.append({"target": target, "method": method, "n_images": len(labels), "n_sites": len(sites),
                              "accuracy": acc, "chance": 1.0 / len(sites)})
 

@@ -164,6 +164,39 @@ def test_quality_simulated_tiny(simulated_setting):
     assert "site classifier: 2 sites, chance 0.500" in stdout
 
 
+@pytest.mark.slow
+def test_quality_simulated_chain_is_the_loss_budget_of_the_bundle_regime(simulated_setting, tmp_path):
+    """--chain: the autoencoder's reconstruction, latent AdaIN, each inference regime and the bundle's own
+    regime with its ablations, on the same pairs; --participant-label picks the subjects."""
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(simulated_setting / "bundle", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["inference"] = {"kind": "sdedit", "strength": 0.1, "sampling_steps": 1, "detail": 1.0,
+                             "calibrate": True}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    _run([BENCH / "quality_simulated.py", "--inputs", simulated_setting / "inputs", "--bundle", bundle, "--out", out,
+          "--targets", "siteA", "--chain", "--participant-label", "sub-h1", "--nyul-fit", "bundle",
+          "--cache", tmp_path / "cache"])
+    pairs = _read_tsv(out / "pairs.tsv")
+    methods = list(dict.fromkeys(r["method"] for r in pairs))
+    assert methods == ["input", "histmatch", "nyul", "hcld", "recon", "latent_adain", "full", "research", "dual10",
+                       "sdedit02", "sdedit05", "sdedit10", "sdedit20", "sdedit05_5steps", "hcld_nodetail",
+                       "hcld_nocalibration", "hcld_plain"]
+    assert {r["subject"] for r in pairs} == {"h1"}
+    result = json.loads((out / "summary.json").read_text())
+    assert result["hcld_regime"]["kind"] == "sdedit" and result["regimes"]["research"]["kind"] == "research"
+    ssim = {r["method"]: float(r["ssim"]) for r in pairs}
+    # calibration maps onto the site histogram (as histogram matching does); its ablation does not
+    w1 = {r["method"]: float(r["w1_site"]) for r in pairs}
+    assert w1["hcld"] < 0.02 and w1["hcld_nocalibration"] > w1["hcld"]
+    assert len({round(v, 6) for v in ssim.values()}) > 10  # the regimes give different outputs
+    cached = sorted(p.name for p in (tmp_path / "cache").glob("*.npy"))
+    assert len(cached) == 2 * (len(methods) - 5)  # hcld and the regimes, for both source sites; nothing else
+
+
 def test_nyul_maps_landmarks_onto_the_standard_scale():
     sys.path.insert(0, str(BENCH))
     try:
