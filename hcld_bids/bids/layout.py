@@ -129,8 +129,14 @@ def _has_index(database_dir: Path) -> bool:
     return (database_dir / "layout_index.sqlite").is_file()
 
 
-def _build_index(bids_dir: Path, database_dir: Path, validate: bool) -> None:
-    """Index ``bids_dir`` into ``database_dir`` unless a complete index is already there."""
+def _build_index(bids_dir: Path, database_dir: Path, validate: bool):
+    """Index ``bids_dir`` into ``database_dir`` unless a complete index is already there; return the layout
+    the index was built with (an in-memory one, equal to the saved file), or None when another process
+    finished its index first.
+
+    The index is built in memory and written to disk once: pybids commits (and SQLite syncs) every step
+    of an index built in a file, 34 commits and about a second for a one-file dataset.
+    """
     try:
         database_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{database_dir.name}.tmp-", dir=database_dir.parent))
@@ -140,11 +146,10 @@ def _build_index(bids_dir: Path, database_dir: Path, validate: bool) -> None:
             "choose a writable --bids-database-dir or work directory"
         ) from None
     try:
-        layout = _open_indexed(bids_dir, tmp, validate)
-        # Close every connection before the rename (NullPool: none should stay open; be sure).
-        layout.connection_manager.session.close()
-        layout.connection_manager.engine.dispose()
-        del layout
+        layout = _open_indexed(bids_dir, None, validate)
+        # replace_connection=False: the layout keeps querying its in-memory index, so no connection to the
+        # file stays open across the rename
+        layout.save(str(tmp), replace_connection=False)
         try:
             # rename() replaces a missing or empty directory and fails on a non-empty one.
             os.rename(tmp, database_dir)
@@ -152,6 +157,8 @@ def _build_index(bids_dir: Path, database_dir: Path, validate: bool) -> None:
             if not _has_index(database_dir):
                 raise
             LOGGER.info("Another process indexed %s first; using its index", bids_dir)
+            return None
+        return layout
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -188,7 +195,9 @@ def open_layout(
                 "give an empty or new directory"
             )
         LOGGER.info("Indexing %s into %s", bids_dir, database_dir)
-        _build_index(bids_dir, database_dir, validate)
+        layout = _build_index(bids_dir, database_dir, validate)
+        if layout is not None:  # the index just saved, still in memory: the same content, no reopening
+            return layout
     layout = _open_indexed(bids_dir, database_dir, validate)
     if Path(layout.root).absolute() != bids_dir:
         raise UsageError(

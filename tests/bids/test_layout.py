@@ -183,3 +183,24 @@ def test_an_index_finished_second_is_dropped_for_the_first(bids_participants, tm
     layout_module._build_index(bids_participants, final, validate=False)  # loses the race
     assert (final / "layout_index.sqlite").stat().st_ino == first
     assert os.listdir(tmp_path) == ["db"]
+
+
+def test_a_new_index_is_built_in_memory_written_once_and_not_reopened(bids_participants, tmp_path, monkeypatch):
+    """pybids commits every step of an index built in a file (a second per dataset, most of it syncs):
+    the index is built in memory, saved in one go, and the layout in memory is what the run queries."""
+    from hcld_bids.bids import layout as layout_module
+
+    opened = []
+    original = layout_module._open_indexed
+
+    def spy(bids_dir, database_dir, validate):
+        opened.append(database_dir)
+        return original(bids_dir, database_dir, validate)
+
+    monkeypatch.setattr(layout_module, "_open_indexed", spy)
+    fresh = collect_t1w(open_layout(bids_participants, work_dir=tmp_path))
+    assert opened == [None]
+    (db_dir,) = (tmp_path / "bids_db").iterdir()
+    reopened = collect_t1w(open_layout(bids_participants, work_dir=tmp_path))
+    assert opened == [None, db_dir]
+    assert [(r.relpath, r.metadata) for r in fresh] == [(r.relpath, r.metadata) for r in reopened]
