@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from ..bids.atomic import TMP_PREFIX
@@ -87,12 +88,24 @@ class ImageRecord:
         return Path(path).relative_to(output_dir).as_posix()
 
 
+@lru_cache(maxsize=1)
+def _entity_patterns() -> tuple:
+    """pybids' entities of its "bids" and "derivatives" configurations, loaded once: pybids loads them anew
+    for every parsed name otherwise (0.13 s each, most of the time the reports spent finding files)."""
+    from bids.layout.models import Config
+
+    entities = {}
+    for name in ("bids", "derivatives"):
+        entities.update(Config.load(name).entities)
+    return tuple(entities.values())
+
+
 def _parse(path: Path) -> dict:
     from bids.layout import parse_file_entities
 
     # the leading "/" lets pybids' patterns see where the name starts (they anchor sub- after a slash);
     # the name alone is parsed so that directories above OUTPUT_DIR cannot leak entities in
-    entities = parse_file_entities("/" + path.name, config=["bids", "derivatives"])
+    entities = parse_file_entities("/" + path.name, entities=_entity_patterns())
     if "res" in entities:  # parsed name of the entity differs from the one of the path patterns
         entities["resolution"] = entities.pop("res")
     return entities
