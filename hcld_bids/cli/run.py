@@ -1,7 +1,8 @@
 """Entry point of the ``hcld-bids`` command: arguments -> :class:`~hcld_bids.config.Config` -> run.
 
 Order of work: parse (usage errors 64), check the analysis level (17) and the inputs (66, 64), build the
-config, create the output, log and work directories (73), save the config, check BIDS_DIR's
+config, create the output, log and work directories (73), save the config, start the workers' fork
+server for the participant and train levels (it imports what the workers need meanwhile), check BIDS_DIR's
 dataset_description.json (16; not valid JSON is an error even with --skip-bids-validation), validate
 BIDS_DIR (16), select the T1w images (18), resolve their sites (65), write the derivatives'
 dataset_description.json, then hand the config and the images to :func:`hcld_bids.levels.run_level`.
@@ -291,6 +292,14 @@ def run(config: Config) -> int:
     saved = config.save()
     with _run_log(config):
         LOGGER.info("Config saved to %s", saved[-1])
+        execution = config.execution
+        if execution.analysis_level in ("participant", "train") and not (execution.boilerplate_only
+                                                                          or execution.reports_only):
+            from ..levels.execution import start_worker_server
+
+            # the workers' imports (ANTsPy, torch, nipype) run in the fork server while this process indexes
+            # the dataset, opens the model and builds the graph
+            start_worker_server(config)
         records = collect_inputs(config)
         if config.execution.analysis_level in ("participant", "train"):
             try:

@@ -1,0 +1,66 @@
+"""How the participant and train levels run nipype: workers forked from a server that imported what they need,
+and a scheduler that submits the next node as soon as a worker finishes one."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from hcld_bids.cli.parser import build_parser
+from hcld_bids.cli.run import build_config, prepare_directories
+from hcld_bids.levels import execution
+
+
+def _step(x):
+    import sys
+
+    return x + 1, sorted(m for m in ("ants", "torch", "nipype", "hcld_bids.interfaces.harmonize") if m in sys.modules)
+
+
+@pytest.fixture
+def config(bids_participants, tmp_path):
+    config = build_config(build_parser().parse_args([
+        str(bids_participants), str(tmp_path / "out"), "participant", "--target-site", "x", "-w",
+        str(tmp_path / "work"), "--skip-bids-validation", "--nprocs", "2"]))
+    prepare_directories(config)
+    return config
+
+
+def _chain(work, length):
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
+    workflow = pe.Workflow(name="chain", base_dir=str(work))
+    nodes = [pe.Node(niu.Function(function=_step, input_names=["x"], output_names=["x", "modules"]), name=f"step{i}")
+             for i in range(length)]
+    nodes[0].inputs.x = 0
+    for a, b in zip(nodes, nodes[1:]):
+        workflow.connect(a, "x", b, "x")
+    return workflow, nodes[-1]
+
+
+def test_the_scheduler_submits_the_next_node_when_a_worker_finishes_not_at_its_next_poll(config, monkeypatch):
+    # with a 60 s wait between looks, a chain of five nodes would take minutes unless a finished node wakes it
+    monkeypatch.setattr(execution, "WAKE_TIMEOUT", 60.0)
+    workflow, last = _chain(config.execution.work_dir, 5)
+    start = time.monotonic()
+    execution.run_workflow(workflow, config)
+    assert time.monotonic() - start < 30
+    from nipype.utils.filemanip import loadpkl
+
+    result = loadpkl(next((config.execution.work_dir / "chain" / last.name).glob("result_*.pklz")))
+    assert result.outputs.x == 5
+    # the workers came from the fork server with the preloaded modules
+    assert result.outputs.modules == ["ants", "hcld_bids.interfaces.harmonize", "nipype", "torch"]
+
+
+def test_the_worker_server_is_started_with_the_preload_only_for_multiproc_with_forkserver(config):
+    import multiprocessing.forkserver as forkserver
+
+    assert execution.start_worker_server(config)
+    assert forkserver._forkserver._forkserver_pid is not None
+    config.nipype.plugin_args["mp_context"] = "spawn"
+    assert not execution.start_worker_server(config)
+    config.nipype.plugin = "Linear"
+    assert not execution.start_worker_server(config)
