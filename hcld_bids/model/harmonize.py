@@ -31,6 +31,14 @@ Cost decisions: a target style is encoded once and cached (by the sha256 of the 
 prototype needs no encoding at all; only the final latent is decoded; on CPU the networks run in
 ``channels_last_3d`` under ``torch.inference_mode``; on CUDA they run under bf16 autocast and volumes can
 be batched (:meth:`Harmonizer.harmonize_batch`).
+
+On CUDA only (the CPU path is unchanged): the convolution and linear weights of the frozen networks are cast
+to bfloat16 once, when the :class:`Harmonizer` is made (autocast would cast every weight at every call);
+each UNet call of a given batch and latent grid is captured once in a CUDA graph (:class:`StaticUNetCall`)
+and replayed at every DDIM step, so a step costs one graph launch instead of hundreds of kernel launches
+(at 2 mm a UNet call took 5-10 ms of launch overhead whatever the precision); the autoencoder runs at most
+:data:`CUDA_AUTOENCODER_BATCH` volumes at a time (memory); SDEdit draws each volume's noise from the seed
+alone, so that a volume gets the same noise in a batch as on its own.
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 
+import logging
+
 import numpy as np
 import torch
 
@@ -48,6 +58,10 @@ from .errors import InputVolumeError, UnknownSiteError
 from .fusion import adain, channel_stats
 
 ProgressFn = Callable[[str, int, int], None]
+LOGGER = logging.getLogger("hcld_bids.model")
+#: Most volumes the autoencoder encodes or decodes at once on CUDA (its full-resolution activations dominate
+#: the memory of a batch; the UNet runs the whole batch).
+CUDA_AUTOENCODER_BATCH = 4
 
 REGIMES = ("full", "research", "dual", "sdedit", "adain")
 #: Bins of the brain-intensity histograms used for calibration (the same as the reports' site histograms).
@@ -168,6 +182,84 @@ def _volume_sha256(vol: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def cast_for_autocast(module: torch.nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Cast the weights and biases of every convolution and linear layer of a frozen network to ``dtype``, once.
+
+    Autocast casts float32 weights to bf16 at every call; weights already in bf16 are used as they are, which
+    gives the same values without the copies. Normalisation layers keep their float32 parameters (autocast
+    runs normalisation in float32). Returns the number of tensors cast.
+    """
+    cast = 0
+    for layer in module.modules():
+        if isinstance(layer, (torch.nn.Conv3d, torch.nn.Linear)):
+            for param in layer.parameters(recurse=False):
+                if param.dtype != dtype:
+                    param.data = param.data.to(dtype)
+                    cast += 1
+    return cast
+
+
+def per_volume_noise(shape, seed: int) -> torch.Tensor:
+    """Standard normal noise of ``shape`` ``(N, ...)`` whose every volume is drawn on the CPU from ``seed``
+    alone: volume ``i`` equals the noise a batch of one gets, whatever ``N`` and ``i``."""
+    one = (1, *tuple(shape)[1:])
+    return torch.cat([torch.randn(one, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float32)
+                      for _ in range(int(shape[0]))])
+
+
+def capture_cuda_graph(fn: Callable[[], torch.Tensor], warmup: int = 2):
+    """Capture ``fn`` (which reads and writes only tensors that outlive the capture) in a CUDA graph.
+
+    ``fn`` runs ``warmup`` times on a side stream first (cuDNN and cuBLAS choose and initialise their kernels
+    outside the capture, as PyTorch's documentation asks). Returns ``(replay, output)``: each ``replay()``
+    reruns the captured kernels and overwrites ``output`` in place.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = fn()
+    return graph.replay, output
+
+
+class StaticUNetCall:
+    """A UNet call of one batch and latent grid, run from static buffers.
+
+    The noisy latent ``z``, the condition ``c`` and the timestep ``t`` of each call are copied into buffers of
+    fixed shape and address, the captured call is replayed, and a copy of its output is returned (the next
+    replay overwrites the static output). The condition is copied only when a different tensor is passed
+    (within a volume's DDIM loop it is the same tensor at every step).
+
+    Args:
+        call: ``call(z, t, c) -> eps`` (float32), the eager UNet call; ``t`` is a float tensor ``(N,)``.
+        z, c: example latent and condition; the buffers take their shape, dtype, device and memory layout.
+        capture: ``capture(fn) -> (replay, output)``; :func:`capture_cuda_graph` on CUDA (the tests replay on
+            the CPU with a capture that calls ``fn`` again and copies its result into ``output``).
+    """
+
+    def __init__(self, call, z: torch.Tensor, c: torch.Tensor, capture=capture_cuda_graph) -> None:
+        self.z = torch.empty_like(z)
+        self.c = torch.empty_like(c)
+        self.t = torch.zeros(z.shape[0], dtype=torch.float32, device=z.device)
+        self.z.copy_(z)
+        self.c.copy_(c)
+        self._condition = c
+        self.replay, self.output = capture(lambda: call(self.z, self.t, self.c))
+
+    def __call__(self, z: torch.Tensor, t, c: torch.Tensor) -> torch.Tensor:
+        self.z.copy_(z)
+        if c is not self._condition:
+            self.c.copy_(c)
+            self._condition = c
+        self.t.fill_(float(t))
+        self.replay()
+        return self.output.clone()
+
+
 class Harmonizer:
     """Runs the harmonization path of a :class:`~hcld_bids.model.bundle.ModelBundle`.
 
@@ -177,9 +269,12 @@ class Harmonizer:
         autocast: run the networks under bf16 autocast; default: on for CUDA, off for CPU (bf16 convolutions
             are slower than float32 on CPUs without AVX-512 BF16).
         channels_last: use ``channels_last_3d`` activations (default on).
+        cuda_graphs: replay each UNet call from a CUDA graph (:class:`StaticUNetCall`); default: on for CUDA.
+            CUDA only.
     """
 
-    def __init__(self, bundle, device="cpu", autocast: bool | None = None, channels_last: bool = True) -> None:
+    def __init__(self, bundle, device="cpu", autocast: bool | None = None, channels_last: bool = True,
+                 cuda_graphs: bool | None = None) -> None:
         self.bundle = bundle
         self.device = torch.device(device)
         self.autocast = (self.device.type == "cuda") if autocast is None else bool(autocast)
@@ -197,6 +292,18 @@ class Harmonizer:
         #: the bundle's default inference regime (its manifest's ``inference`` block; the full inversion with
         #: 30 + 10 steps for bundles without one)
         self.default_regime = Regime.from_dict(bundle.manifest.get("inference"))
+        cuda = self.device.type == "cuda"
+        if cuda_graphs and not cuda:
+            raise ValueError("cuda_graphs needs a CUDA device")
+        #: UNet calls replayed from CUDA graphs (CUDA only)
+        self.cuda_graphs = cuda if cuda_graphs is None else bool(cuda_graphs)
+        #: ``capture(fn) -> (replay, output)`` of the static UNet calls (:func:`capture_cuda_graph`)
+        self._capture = capture_cuda_graph
+        #: (latent shape, condition shape, dtype) -> StaticUNetCall, or None where the capture failed
+        self._static_calls: dict = {}
+        if cuda and self.autocast:
+            cast_for_autocast(self.autoencoder)
+            cast_for_autocast(self.unet)
 
     # ----------------------------------------------------------------------------------- helpers
 
@@ -226,9 +333,17 @@ class Harmonizer:
         x = torch.from_numpy(np.stack(arrays)[:, None])
         return x.to(self.device).contiguous(memory_format=self.memory_format)
 
+    def _chunks(self, n: int):
+        """Slices of a batch of ``n`` the autoencoder runs at once: all of it, except on CUDA
+        (:data:`CUDA_AUTOENCODER_BATCH`)."""
+        step = CUDA_AUTOENCODER_BATCH if self.device.type == "cuda" else n
+        return [slice(i, i + step) for i in range(0, n, max(1, step))]
+
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``sf * E(x)``: ``(N, 1, D, H, W) -> (N, C, d, h, w)`` float32."""
+        if self.device.type == "cuda" and x.shape[0] > CUDA_AUTOENCODER_BATCH:
+            return torch.cat([self.encode(x[part]) for part in self._chunks(x.shape[0])])
         with self._autocast():
             z = self.autoencoder.encode(x)
         return z.float().mul_(self.scale_factor)
@@ -236,6 +351,8 @@ class Harmonizer:
     @torch.inference_mode()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """``D(z / sf)``: ``(N, C, d, h, w) -> (N, 1, D, H, W)`` float32."""
+        if self.device.type == "cuda" and z.shape[0] > CUDA_AUTOENCODER_BATCH:
+            return torch.cat([self.decode(z[part]) for part in self._chunks(z.shape[0])])
         with self._autocast():
             x = self.autoencoder.decode((z / self.scale_factor).contiguous(memory_format=self.memory_format))
         return x.float()
@@ -335,7 +452,41 @@ class Harmonizer:
             torch.manual_seed(seed)
             return self._harmonize_batch(arrays, style, regime, t_star, masks, progress, seed)
 
+    def _unet_eps(self, zt: torch.Tensor, t, c: torch.Tensor) -> torch.Tensor:
+        """One UNet call as the eager path makes it (the call a :class:`StaticUNetCall` captures)."""
+        with self._autocast():
+            eps = self.unet(zt, t, c)
+        return eps.float()
+
+    def _static_call(self, zt: torch.Tensor, c: torch.Tensor):
+        """The :class:`StaticUNetCall` of this batch and grid (captured at its first use), or None when the
+        capture failed (then the eager call is used, with one warning)."""
+        key = (tuple(zt.shape), tuple(c.shape), zt.dtype)
+        if key not in self._static_calls:
+            try:
+                z = zt.contiguous(memory_format=self.memory_format)
+                self._static_calls[key] = StaticUNetCall(self._unet_eps, z, c.to(z.dtype), capture=self._capture)
+            except Exception as err:  # noqa: BLE001 - any failure of the capture falls back to the eager call
+                LOGGER.warning("CUDA graph capture of the UNet call failed for latent %s (%s: %s); running it "
+                               "without a graph", tuple(zt.shape), type(err).__name__, err)
+                self._static_calls[key] = None
+        return self._static_calls[key]
+
+    def _static_eps_model(self, cond: torch.Tensor, readapt: bool):
+        """The eps model of :meth:`_eps_model` replayed from a :class:`StaticUNetCall` (CUDA graphs)."""
+        def eps_model(zt: torch.Tensor, t) -> torch.Tensor:
+            c = adain(cond, zt) if readapt else cond
+            call = self._static_call(zt, c)
+            if call is None:
+                return self._unet_eps(zt.contiguous(memory_format=self.memory_format), t, c)
+            return call(zt, t, c)
+
+        return eps_model
+
     def _eps_model(self, cond: torch.Tensor, readapt: bool):
+        if self.cuda_graphs:
+            return self._static_eps_model(cond, readapt)
+
         def eps_model(zt: torch.Tensor, t) -> torch.Tensor:
             c = adain(cond, zt) if readapt else cond
             with self._autocast():
@@ -343,6 +494,14 @@ class Harmonizer:
             return eps.float()
 
         return eps_model
+
+    def _sdedit_noise(self, shape, seed: int) -> torch.Tensor:
+        """SDEdit's noise, drawn on the CPU from ``seed``: for the whole batch at once on the CPU; on CUDA for
+        each volume from the seed alone, so that a volume gets the same noise in any batch as on its own."""
+        if self.device.type != "cuda":
+            gen = torch.Generator().manual_seed(int(seed))
+            return torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device)
+        return per_volume_noise(shape, seed).to(self.device)
 
     def _condition(self, latent: torch.Tensor, n: int) -> torch.Tensor:
         return latent.to(self.device).expand(n, -1, -1, -1, -1).contiguous(memory_format=self.memory_format)
@@ -399,8 +558,7 @@ class Harmonizer:
                 z = self.schedule.invert(z_src, own, regime.inversion_steps, t_star,
                                          callback=report("inversion", regime.inversion_steps), clip=clip)
             elif kind == "sdedit":
-                gen = torch.Generator().manual_seed(int(seed))
-                noise = torch.randn(z.shape, generator=gen, dtype=torch.float32).to(self.device)
+                noise = self._sdedit_noise(z.shape, seed)
                 z = self.schedule.add_noise(z, noise, t_star)
             self._sync()
             timings["inversion"] = time.perf_counter() - t0
