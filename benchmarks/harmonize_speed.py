@@ -1,15 +1,23 @@
 #!/usr/bin/env python
-"""Time and peak memory of harmonizing one volume with the default HCLD architecture.
+"""Time and peak memory of harmonizing one volume with the default HCLD architecture, and throughput of batches.
 
 For each grid (2 mm 80x96x80, 1 mm 160x192x160) and device (CPU; CUDA when available) it prints the
 seconds spent in encode / inversion / sampling / decode and the peak resident memory of a process that
 harmonizes one volume; on CUDA also the peak GPU memory that tensors took during one harmonization
-(``torch.cuda.max_memory_allocated``; the column stays empty on the CPU). At 2 mm it also runs, in the same
+(``torch.cuda.max_memory_allocated``; the column stays empty on the CPU). It also runs, in the same
 process and with the same weights, a straightforward reference loop that does what the research code does
-per subject (benchmarks/_reference_path.py) and prints the speed-up. Weights are random: timing does not
-depend on weight values.
+per subject (benchmarks/_reference_path.py) and prints the speed-up (at 1 mm on the CPU the reference is
+skipped: it needs a 23.6 GB score matrix). Weights are random: timing does not depend on weight values.
+
+On CUDA our path runs as the participant level runs it: bf16 weights cast once, each UNet call replayed from
+a CUDA graph (``--no-cuda-graphs`` for the eager path; ``--compare-eager`` times both in one process).
+``--batch-sizes 1,4,16`` adds one row per batch size: seconds per call of ``harmonize_batch``, volumes per
+second and the peak GPU memory of the call (row ``throughput``). On CUDA a ``tolerance`` row compares the
+GPU path with float32 on the trained demo model (its own regime, a 2 mm vendored scan): the mean and the
+99.9th percentile of the absolute difference inside the head.
 
     PYTHONPATH=$PWD python benchmarks/harmonize_speed.py [--grids 2mm,1mm] [--reps 3] [--out speed.tsv]
+    PYTHONPATH=$PWD python benchmarks/harmonize_speed.py --devices cuda --batch-sizes 1,4,16 --compare-eager
     PYTHONPATH=$PWD python benchmarks/harmonize_speed.py --quick      # tiny network, seconds
 
 Lines are tab-separated; ``--out`` writes the table as a TSV file as well.
@@ -48,7 +56,10 @@ GRIDS = {"2mm": (80, 96, 80), "1mm": (160, 192, 160), "quick": (32, 48, 32)}
 QUICK_AE = dict(channels=(8, 16, 16), num_res_blocks=1, norm_groups=4)
 QUICK_UNET = dict(channels=(8, 16, 16), head_channels=16, norm_groups=4)
 COLUMNS = ["grid", "device", "path", "threads", "encode_s", "inversion_s", "sampling_s", "decode_s", "total_s",
-           "unet_calls", "peak_rss_mib", "peak_gpu_mib", "note"]
+           "unet_calls", "batch", "volumes_per_s", "peak_rss_mib", "peak_gpu_mib", "note"]
+#: Batch sizes of the throughput rows when --batch-sizes is not given: CUDA only (on the CPU a batch is not
+#: faster than its volumes one by one).
+CUDA_BATCH_SIZES = "1,4,16"
 
 
 def build(quick: bool, seed: int = 0):
@@ -70,15 +81,17 @@ def phantom(grid, seed: int) -> np.ndarray:
     return np.clip(vol, 0, 1).astype(np.float32)
 
 
-def make_harmonizer(ae, unet, grid, device, autocast=None, channels_last=True):
-    """Harmonizer whose target style is a site prototype (a cached latent: no target encode per volume)."""
+def make_harmonizer(ae, unet, grid, device, autocast=None, channels_last=True, cuda_graphs=None):
+    """Harmonizer whose target style is a site prototype (a cached latent: no target encode per volume).
+    On CUDA it casts the networks' weights to bf16 (unless ``autocast`` is False): give it its own copy."""
     latent = ae.latent_shape(grid)
     proto = prototype_from_latents(torch.randn(1, *latent, generator=torch.Generator().manual_seed(1)))
     bundle = ModelBundle(path=Path("<in-memory>"), manifest={}, autoencoder=ae, unet=unet, schedule=NoiseSchedule(),
                          scale_factor=1.0, prototypes={"target": proto.latent},
                          prototype_stats={"target": {"channel_mean": proto.channel_mean,
                                                      "channel_std": proto.channel_std, "count": 1}})
-    return Harmonizer(bundle, device=device, autocast=autocast, channels_last=channels_last)
+    return Harmonizer(bundle, device=device, autocast=autocast, channels_last=channels_last,
+                      cuda_graphs=cuda_graphs)
 
 
 def _reset_gpu_peak(device) -> None:
@@ -103,6 +116,50 @@ def run_ours(h: Harmonizer, vol, steps, style=None):
     out = h.harmonize(vol, style, inversion_steps=steps[0], sampling_steps=steps[1])
     total = time.perf_counter() - t0
     return out, dict(h.last_timings, total=total), _gpu_peak_mib(h.device)
+
+
+def run_batch(h: Harmonizer, vols, steps, style):
+    """Seconds of one ``harmonize_batch`` call on ``vols`` and its peak GPU MiB (None on the CPU)."""
+    _reset_gpu_peak(h.device)
+    t0 = time.perf_counter()
+    h.harmonize_batch(vols, style, inversion_steps=steps[0], sampling_steps=steps[1])
+    seconds = time.perf_counter() - t0  # the outputs are copied to host memory: the GPU has finished
+    return seconds, _gpu_peak_mib(h.device)
+
+
+def load_scan(name: str = "siemens_prismafit3T_xa30_s5_nonorm.nii.gz", grid=(80, 96, 80)) -> np.ndarray:
+    """A vendored real scan scaled to [0, 1] (0.5/99.5 percentiles) and cropped around the head to ``grid``."""
+    import nibabel as nib
+
+    data = np.asarray(nib.as_closest_canonical(nib.load(str(Path(__file__).resolve().parents[1] / "hcld_bids" / "data"
+                                                                / "t1w" / name))).dataobj, dtype=np.float32)
+    lo, hi = np.percentile(data, [0.5, 99.5])
+    data = np.clip((data - lo) / (hi - lo), 0.0, 1.0)
+    center = (np.indices(data.shape).reshape(3, -1) * data.reshape(1, -1)).sum(1) / data.sum()
+    out = np.zeros(grid, np.float32)
+    src, dst = [], []
+    for c, n, size in zip(center, data.shape, grid):
+        start = int(round(c)) - size // 2
+        a, b = max(0, start), min(n, start + size)
+        src.append(slice(a, b))
+        dst.append(slice(a - start, b - start))
+    out[tuple(dst)] = data[tuple(src)]
+    return out
+
+
+def tolerance(device) -> dict:
+    """|GPU path - float32| on the trained demo model with its own regime, inside the head of a 2 mm scan."""
+    from hcld_bids.config import DEMO_MODEL_DIR
+    from hcld_bids.model import load_bundle
+
+    vol = load_scan()
+    fast = Harmonizer(load_bundle(DEMO_MODEL_DIR), device=device)
+    exact = Harmonizer(load_bundle(DEMO_MODEL_DIR), device=device, autocast=False, cuda_graphs=False)
+    site = sorted(fast.bundle.prototypes)[0]
+    diff = np.abs(fast.harmonize(vol, fast.style_from_site(site)) - exact.harmonize(vol, exact.style_from_site(site)))
+    inside = diff[vol > 0.05]
+    return {"mean": float(inside.mean()), "p99.9": float(np.percentile(inside, 99.9)), "max": float(inside.max()),
+            "regime": fast.default_regime.kind, "calls": fast.default_regime.unet_calls()}
 
 
 def run_reference(ae, unet, vol, target, steps, device):
@@ -195,6 +252,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA (ours runs in float32 too)")
     ap.add_argument("--no-channels-last", action="store_true", help="our networks in the default memory layout")
+    ap.add_argument("--no-cuda-graphs", action="store_true", help="ours on CUDA without CUDA graphs (eager)")
+    ap.add_argument("--compare-eager", action="store_true",
+                    help="on CUDA also time ours without CUDA graphs, in the same process (row ours-eager)")
+    ap.add_argument("--batch-sizes", default=None,
+                    help=f"comma-separated batch sizes of the throughput rows (default: {CUDA_BATCH_SIZES} on CUDA, "
+                         "none on the CPU; 1,2 with --quick)")
+    ap.add_argument("--no-tolerance", action="store_true", help="skip the GPU-vs-float32 row on the demo model")
     ap.add_argument("--quick", action="store_true", help="tiny network on a 32x48x32 grid, 3 + 2 steps")
     ap.add_argument("--out", type=Path, help="also write the table as TSV")
     ap.add_argument("--child", choices=["ours", "reference"], help=argparse.SUPPRESS)
@@ -205,6 +269,7 @@ def main(argv=None) -> int:
         args.grids, args.reps, args.reference_reps = "quick", 1, 1
         args.inversion_steps, args.sampling_steps = 3, 2
         args.threads = args.threads or 1
+        args.batch_sizes = args.batch_sizes or "1,2"
     args.threads = args.threads or torch.get_num_threads()
     if args.child:
         child(args)
@@ -218,8 +283,9 @@ def main(argv=None) -> int:
           f"random weights (timing does not depend on weight values); torch {torch.__version__}; "
           f"{args.threads} CPU threads; {steps[0]} inversion + {steps[1]} sampling UNet calls; "
           f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}; ours on CUDA: "
-          f"{'float32' if args.fp32 else 'bf16 autocast'}, "
-          f"{'default layout' if args.no_channels_last else 'channels-last'}")
+          f"{'float32' if args.fp32 else 'bf16 weights and autocast'}, "
+          f"{'default layout' if args.no_channels_last else 'channels-last'}, "
+          f"{'eager' if args.no_cuda_graphs else 'CUDA graphs'}")
     print("# ours: source encode + UNet calls + one decode; the target style (a reference image here, a site "
           "prototype in production) is encoded once and cached")
     print("# reference: research path per subject = target encode + source encode + UNet calls + 3 decodes, fp32, "
@@ -239,11 +305,14 @@ def main(argv=None) -> int:
             base = {"grid": label, "device": dev_name, "threads": args.threads}
             big = grid_name == "1mm" and dev_name == "cpu"
             ours_best = None
+            cuda = device.type == "cuda"
             if not big:  # 1 mm on CPU runs once, in the memory subprocess below
                 ae, unet = build(args.quick)
                 ref_ae, ref_unet = copy.deepcopy(ae).to(device), copy.deepcopy(unet).to(device)
+                eager_nets = (copy.deepcopy(ae), copy.deepcopy(unet)) if cuda and args.compare_eager else None
                 h = make_harmonizer(ae, unet, grid, device, autocast=False if args.fp32 else None,
-                                    channels_last=not args.no_channels_last)
+                                    channels_last=not args.no_channels_last,
+                                    cuda_graphs=False if args.no_cuda_graphs else None)
                 vol, target = phantom(grid, 3), phantom(grid, 4)
                 # The reference image's style is encoded once and cached, as for any number of subjects; the
                 # timed runs then cost the same as with a site prototype and compute exactly what the
@@ -262,9 +331,10 @@ def main(argv=None) -> int:
                         ref_out, t, peak = run_reference(ref_ae, ref_unet, vol, target, steps, device)
                         gpu_peaks["reference"] = max(peak or 0.0, gpu_peaks.get("reference", 0.0))
                         ref_best = t if ref_best is None or t["total"] < ref_best["total"] else ref_best
+                graphs = "CUDA graphs, " if cuda and h.cuda_graphs else ""
                 emit(dict(base, path="ours", **{f"{k}_s": v for k, v in ours_best.items()},
-                          peak_gpu_mib=gpu_peaks["ours"] or "",
-                          unet_calls=sum(steps), note="best of %d" % max(1, args.reps)))
+                          peak_gpu_mib=gpu_peaks["ours"] or "", batch=1, volumes_per_s=1.0 / ours_best["total"],
+                          unet_calls=sum(steps), note=f"{graphs}best of {max(1, args.reps)}"))
                 agree = agreement(h, ref_ae, ref_unet, vol, device)
                 agree["end-to-end"] = float(np.abs(ours_out - ref_out).max())
                 emit(dict(base, path="reference", **{f"{k}_s": v for k, v in ref_best.items()},
@@ -277,6 +347,29 @@ def main(argv=None) -> int:
                           inversion_s=ref_best["inversion"] / ours_best["inversion"],
                           sampling_s=ref_best["sampling"] / ours_best["sampling"],
                           decode_s=ref_best["decode"] / ours_best["decode"], note="reference / ours, same process"))
+                if eager_nets is not None:  # the same path without CUDA graphs, same weights
+                    he = make_harmonizer(*eager_nets, grid, device, autocast=False if args.fp32 else None,
+                                         channels_last=not args.no_channels_last, cuda_graphs=False)
+                    run_ours(he, vol, (1, 1), style)
+                    best, peak = None, 0.0
+                    for _ in range(max(1, args.reps)):
+                        _, t, p = run_ours(he, vol, steps, he.style_from_volume(target))
+                        best, peak = (t if best is None or t["total"] < best["total"] else best), max(peak, p or 0.0)
+                    emit(dict(base, path="ours-eager", **{f"{k}_s": v for k, v in best.items()}, batch=1,
+                              volumes_per_s=1.0 / best["total"], peak_gpu_mib=peak or "", unet_calls=sum(steps),
+                              note=f"no CUDA graphs, best of {max(1, args.reps)}"))
+                    del he, eager_nets
+                sizes = args.batch_sizes if args.batch_sizes is not None else (CUDA_BATCH_SIZES if cuda else "")
+                for size in [int(b) for b in sizes.split(",") if b.strip()]:
+                    vols = [phantom(grid, 10 + i) for i in range(size)]
+                    run_batch(h, vols, (1, 1), style)  # warm-up: kernels, and on CUDA the graph of this batch size
+                    best, peak = None, 0.0
+                    for _ in range(max(1, min(args.reps, 2))):
+                        seconds, p = run_batch(h, vols, steps, style)
+                        best, peak = min(best or seconds, seconds), max(peak, p or 0.0)
+                    emit(dict(base, path="throughput", batch=size, total_s=best, volumes_per_s=size / best,
+                              unet_calls=sum(steps), peak_gpu_mib=peak or "",
+                              note=f"one harmonize_batch call of {size} volume(s), best of {max(1, min(args.reps, 2))}"))
                 del ae, unet, ref_ae, ref_unet, h
             if not args.no_memory and dev_name == "cpu":
                 res = in_child(args, "ours", grid_name, dev_name)
@@ -295,6 +388,14 @@ def main(argv=None) -> int:
                     emit(dict(base, path="reference-process", peak_rss_mib=res.get("peak_rss_mib", ""),
                               total_s=res.get("times", {}).get("total", ""),
                               note=res.get("error", "one run in a fresh process")))
+        if dev_name.startswith("cuda") and not args.no_tolerance and not args.quick:
+            tol = tolerance(torch.device(dev_name))
+            emit(dict(grid="2mm-80x96x80", device=dev_name, path="tolerance", threads=args.threads,
+                      unet_calls=tol["calls"],
+                      note=f"demo model, its regime ({tol['regime']}), a vendored 2 mm scan: |bf16 + CUDA graphs - "
+                           f"float32| inside the head: mean {tol['mean']:.2e}, 99.9th percentile {tol['p99.9']:.2e}, "
+                           f"max {tol['max']:.2e} (tests/model/test_harmonize_cuda_path.py allows mean 0.01, "
+                           "99.9th percentile 0.1)"))
     if args.out:
         with open(args.out, "w") as f:
             f.write("\t".join(COLUMNS) + "\n")

@@ -9,7 +9,8 @@ A GPU is lent rarely and for minutes, so one command uses it fully and returns e
 2. evaluate the bundle on held-out traveling subjects (``--test-pack``): SSIM / W1 to the same head for the
    input, histogram matching and the bundle's own inference regime (benchmarks/quality_simulated.py's
    functions; the full table is made on the CPU afterwards);
-3. time harmonization (benchmarks/harmonize_speed.py at 2 mm, or 2 mm and 1 mm with ``--full-speed``;
+3. time harmonization (benchmarks/harmonize_speed.py; on CUDA at 2 mm and 1 mm with batches of 1, 4 and 16
+   and the path without CUDA graphs beside it; on the CPU at 2 mm, or 2 mm and 1 mm with ``--full-speed``;
    ``--quick`` with ``--tiny``);
 4. put the new state, the bundle, the printed log and a JSON record into ``--out`` as a few files (the
    device tool returns at most 8 files of 16 MiB each): ``state.tar``, ``bundle.tar``, ``record.json``,
@@ -153,7 +154,15 @@ def main(argv=None) -> int:
         t0 = time.monotonic()
         cmd = [sys.executable, str(REPO / "benchmarks" / "harmonize_speed.py"),
                "--devices", "cuda" if device.startswith("cuda") else "cpu"]
-        cmd += ["--grids", "2mm,1mm"] if args.full_speed else (["--quick"] if args.tiny else ["--grids", "2mm"])
+        if args.tiny:
+            cmd += ["--quick"]
+        elif device.startswith("cuda"):
+            # the table in one run: both grids against the reference, the path with and without CUDA
+            # graphs, throughput at batch 1, 4 and 16 with the peak GPU memory of each row, and the tolerance
+            # of the GPU path against float32 on the demo model
+            cmd += ["--grids", "2mm,1mm", "--batch-sizes", "1,4,16", "--compare-eager"]
+        else:
+            cmd += ["--grids", "2mm,1mm"] if args.full_speed else ["--grids", "2mm"]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(10.0, left - 15), cwd=REPO)
             (args.out / "speed.txt").write_text(proc.stdout + proc.stderr)

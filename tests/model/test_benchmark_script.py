@@ -18,8 +18,14 @@ def test_harmonize_speed_quick_prints_and_writes_the_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "random weights" in proc.stdout
     with open(out, newline="") as f:
-        rows = {r["path"]: r for r in csv.DictReader(f, delimiter="\t")}
-    assert set(rows) == {"ours", "reference", "speedup", "ours-process"}
+        table = list(csv.DictReader(f, delimiter="\t"))
+    rows = {r["path"]: r for r in table}
+    assert set(rows) == {"ours", "reference", "speedup", "ours-process", "throughput"}
+    # one throughput row per batch size (--quick: 1 and 2 volumes), volumes per second = batch / seconds
+    throughput = [r for r in table if r["path"] == "throughput"]
+    assert [r["batch"] for r in throughput] == ["1", "2"]
+    for r in throughput:
+        assert abs(float(r["volumes_per_s"]) * float(r["total_s"]) - int(r["batch"])) < 0.01
     for path in ("ours", "reference"):
         parts = [float(rows[path][k]) for k in ("encode_s", "inversion_s", "sampling_s", "decode_s")]
         assert all(p > 0 for p in parts) and float(rows[path]["total_s"]) >= sum(parts) * 0.99
