@@ -155,3 +155,30 @@ def test_masked_ssim_equals_scikit_image():
                                     use_sample_covariance=False, full=True)
     assert masked_ssim(x, y, m) == pytest.approx(full[m].mean(), abs=1e-9)
     assert masked_ssim(x, x, m) == pytest.approx(1.0)
+
+
+def test_stage2_latent_crops_and_timestep_focus(real_volumes, tmp_path, monkeypatch):
+    from hcld_bids.model.unet import DiffusionUNet as Unet
+
+    ae = AutoencoderKL(**S2D_AE).eval()
+    vols = [v[:16, :24, :16].copy() for v in real_volumes]
+    seen = []
+    forward = Unet.forward
+
+    def spy(self, sample, timesteps, condition=None):
+        seen.append((tuple(sample.shape), tuple(condition.shape), torch.as_tensor(timesteps).tolist()))
+        return forward(self, sample, timesteps, condition)
+
+    monkeypatch.setattr(Unet, "forward", spy)
+    unet = dict(channels=(8, 8), attention_levels=(False, False), head_channels=8, norm_groups=4, in_channels=4,
+                out_channels=2)
+    cfg = LDMTrainConfig(unet=unet, steps=4, batch_size=2, grad_accum=1, progress=False, grad_weight=0.0,
+                         adv_weight=0.0, same_site_prob=1.0, latent_crop=4, timestep_focus=10,
+                         timestep_focus_prob=1.0, checkpoint_every=10)
+    train_ldm(vols, ["a", "a", "b", "b"], cfg, tmp_path / "a", autoencoder=ae, scale_factor=1.0, device="cpu")
+    assert len(seen) == 4
+    assert all(s == (2, 2, 4, 4, 4) and c == (2, 2, 4, 4, 4) for s, c, _ in seen)  # latent 8x12x8 -> cubes of 4
+    assert all(0 <= t < 10 for _, _, ts in seen for t in ts)
+    with pytest.raises(ValueError, match="latent_crop"):
+        train_ldm(vols, ["a", "a", "b", "b"], LDMTrainConfig(unet=unet, steps=1, latent_crop=4, progress=False),
+                  tmp_path / "b", autoencoder=ae, scale_factor=1.0, device="cpu")

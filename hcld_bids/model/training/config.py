@@ -96,3 +96,10 @@ class LDMTrainConfig(LoopConfig):
     prototype_condition_prob: float = 0.0  # probability of conditioning on the target site's prototype
     same_site_prob: float = 0.0  # probability of drawing the condition from the source's own site
     target_site: str | None = None  # condition always on this site (the paper's one-target training); None: any
+    # Train on random cubes of this many latent voxels per axis (the same cube of source, condition and noise)
+    # instead of whole latents: cheaper steps for a convolutional UNet. None: whole latents.
+    latent_crop: int | None = None
+    # With this probability a timestep is drawn from [0, timestep_focus) instead of [0, T): more training
+    # where light-noise inference regimes (SDEdit at low strength) query the network. None: uniform.
+    timestep_focus: int | None = None
+    timestep_focus_prob: float = 0.0

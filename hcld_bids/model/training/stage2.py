@@ -13,6 +13,10 @@ One micro-batch, for each source latent ``z_s`` (site a):
   whole latent) inside the brain mask
 * the style discriminator learns real = ``z_b``, fake = ``z_s`` at every step.
 
+With ``latent_crop`` the step works on one random cube of the latent grid (the same cube of source,
+condition, real target and noise); with ``timestep_focus`` part of the timesteps is drawn from the low-noise
+end, where light inference regimes query the network.
+
 The style targets are real latents even when the condition is a prototype: a prototype is a mean of many
 latents and is smoother than any real latent of its site.
 """
@@ -104,6 +108,10 @@ class _Stage2(TrainingRun):
                                  "the scale factor")
             self.ae = autoencoder.to(self.device).eval().requires_grad_(False)
         self.schedule = NoiseSchedule(**cfg.noise_schedule)
+        if cfg.latent_crop and cfg.grad_weight > 0:
+            raise ValueError("latent_crop and the image-gradient loss (grad_weight > 0) do not combine; set one")
+        if cfg.timestep_focus is not None and not 0 < cfg.timestep_focus <= self.schedule.num_train_timesteps:
+            raise ValueError(f"timestep_focus must be in 1..{self.schedule.num_train_timesteps}")
         torch.manual_seed(cfg.seed)
         ucfg = dict(cfg.unet)
         ucfg.setdefault("in_channels", 2 * latents.shape[1])
@@ -180,7 +188,14 @@ class _Stage2(TrainingRun):
             z_s = self.latents[idx].to(self.device)
             cond, style_stats, real = self._pairs(idx, gen)
             noise = torch.randn(z_s.shape, generator=gen).to(self.device)
-            t = torch.randint(0, T, (len(idx),), generator=gen).to(self.device)
+            t = torch.randint(0, T, (len(idx),), generator=gen)
+            if cfg.timestep_focus:
+                low = torch.randint(0, int(cfg.timestep_focus), (len(idx),), generator=gen)
+                t = torch.where(torch.rand(len(idx), generator=gen) < cfg.timestep_focus_prob, low, t)
+            t = t.to(self.device)
+            if cfg.latent_crop:
+                box = (slice(None), slice(None), *random_crop_box(z_s.shape[2:], cfg.latent_crop, gen))
+                z_s, cond, real, noise = z_s[box], cond[box].contiguous(), real[box], noise[box]
             with self._sync(self.unet, last), self.autocast():
                 z_f = adain(z_s, style_stats)
                 z_t = self.schedule.add_noise(z_f, noise, t)
