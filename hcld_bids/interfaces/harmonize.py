@@ -1,8 +1,11 @@
 """nipype interfaces of the harmonization step: run HCLD on the model grid, put the result back on the
 template grid, convert the transform to a BIDS-Derivatives file.
 
-:class:`HarmonizeT1w` loads the model bundle once per process (MultiProc workers keep it between
-nodes), sets torch's thread count from the node's ``num_threads`` and logs its progress.
+:class:`HarmonizeT1w` harmonizes one image (the CPU graph: one node per T1w, which MultiProc runs in
+parallel); :class:`HarmonizeBatch` harmonizes several images in batches of up to ``batch_size`` volumes per
+call of the networks (the CUDA graph: one node per participant). Both load the model bundle once per process
+(MultiProc workers keep it, and on CUDA its captured graphs, between nodes), set torch's thread count from
+the node's ``num_threads`` and log their progress.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
+    InputMultiObject,
     SimpleInterface,
     Str,
     TraitedSpec,
@@ -75,6 +79,46 @@ class _HarmonizeOutputSpec(TraitedSpec):
     timings = traits.Dict(desc="seconds per stage: encode, inversion, sampling, decode")
 
 
+def _open_harmonizer(inputs):
+    """The process's harmonizer of the node's bundle and device, torch threads set, bundle unchanged."""
+    import torch
+
+    torch.set_num_threads(max(1, int(inputs.num_threads)))
+    harmonizer = get_harmonizer(inputs.model_dir, inputs.device)
+    if harmonizer.bundle.sha256 != inputs.model_sha256:
+        raise RuntimeError(f"model bundle {inputs.model_dir} changed while the workflow ran")
+    return harmonizer
+
+
+def _style_and_regime(harmonizer, inputs):
+    from ..model.harmonize import Regime
+
+    if isdefined(inputs.reference_file):
+        reference = np.asarray(nib.load(inputs.reference_file).dataobj, dtype=np.float32)
+        style = harmonizer.style_from_volume(reference)
+    else:
+        style = harmonizer.style_from_site(inputs.target_site)
+    regime = Regime.from_dict(inputs.regime) if isdefined(inputs.regime) else harmonizer.default_regime
+    return style, regime
+
+
+def _progress(label: str, total: int):
+    """``progress(stage, done, of)`` of :meth:`Harmonizer.harmonize` logging at every quarter of the DDIM steps."""
+    step = {"n": 0, "shown": -1}
+
+    def progress(stage, done, of):
+        step["n"] += 1
+        percent = 100 * step["n"] // max(total, 1)
+        if percent // 25 != step["shown"] // 25 or step["n"] == total:
+            step["shown"] = percent
+            # hcld_progress: the same, structured, for the level's console progress (hcld_bids.levels.progress)
+            LOGGER.info("harmonizing %s: %s %d/%d (%d%% of DDIM steps)", label, stage, done, of, percent,
+                        extra={"hcld_progress": {"label": label, "stage": stage, "done": int(done),
+                                                 "total": int(of), "percent": int(percent)}})
+
+    return progress
+
+
 class HarmonizeT1w(SimpleInterface):
     """Harmonize one model-grid volume toward a site prototype or a reference volume."""
 
@@ -82,38 +126,13 @@ class HarmonizeT1w(SimpleInterface):
     output_spec = _HarmonizeOutputSpec
 
     def _run_interface(self, runtime):
-        import torch
-
-        torch.set_num_threads(max(1, int(self.inputs.num_threads)))
-        harmonizer = get_harmonizer(self.inputs.model_dir, self.inputs.device)
-        if harmonizer.bundle.sha256 != self.inputs.model_sha256:
-            raise RuntimeError(f"model bundle {self.inputs.model_dir} changed while the workflow ran")
-
+        harmonizer = _open_harmonizer(self.inputs)
         img = nib.load(self.inputs.in_file)
         volume = np.asarray(img.dataobj, dtype=np.float32)
         mask = np.asarray(nib.load(self.inputs.mask_file).dataobj) > 0
-        if isdefined(self.inputs.reference_file):
-            reference = np.asarray(nib.load(self.inputs.reference_file).dataobj, dtype=np.float32)
-            style = harmonizer.style_from_volume(reference)
-        else:
-            style = harmonizer.style_from_site(self.inputs.target_site)
-
-        from ..model.harmonize import Regime
-
-        regime = Regime.from_dict(self.inputs.regime) if isdefined(self.inputs.regime) else harmonizer.default_regime
+        style, regime = _style_and_regime(harmonizer, self.inputs)
         label = self.inputs.label or Path(self.inputs.in_file).name
-        total = regime.unet_calls()
-        step = {"n": 0, "shown": -1}
-
-        def progress(stage, done, of):
-            step["n"] += 1
-            percent = 100 * step["n"] // max(total, 1)
-            if percent // 25 != step["shown"] // 25 or step["n"] == total:
-                step["shown"] = percent
-                # hcld_progress: the same, structured, for the level's console progress (hcld_bids.levels.progress)
-                LOGGER.info("harmonizing %s: %s %d/%d (%d%% of DDIM steps)", label, stage, done, of, percent,
-                            extra={"hcld_progress": {"label": label, "stage": stage, "done": int(done),
-                                                     "total": int(of), "percent": int(percent)}})
+        progress = _progress(label, regime.unet_calls())
 
         start = time.perf_counter()
         out = harmonizer.harmonize(volume, style, regime=regime, seed=self.inputs.seed, mask=mask, progress=progress)
@@ -123,6 +142,74 @@ class HarmonizeT1w(SimpleInterface):
         self._results["device"] = str(harmonizer.device)
         self._results["out_file"] = _save(_image(out, img.affine, img, np.float32), runtime.cwd,
                                           "t1w_harmonized_model_grid.nii.gz")
+        return runtime
+
+
+class _HarmonizeBatchInputSpec(BaseInterfaceInputSpec):
+    in_files = InputMultiObject(File(exists=True), mandatory=True,
+                                desc="brain-only scaled T1w images on the model grid")
+    mask_files = InputMultiObject(File(exists=True), mandatory=True, desc="their brain masks, in the same order")
+    labels = traits.List(Str, desc="names of the images in progress messages, in the same order")
+    model_dir = Str(mandatory=True, desc="model bundle directory")
+    model_sha256 = Str(mandatory=True, desc="digest of the bundle's weights (makes reruns notice a new model)")
+    target_site = Str(desc="site whose stored style prototype is the target")
+    reference_file = File(exists=True, desc="reference T1w on the model grid (brain-only, scaled), the target style")
+    regime = traits.Dict(desc="inference regime (hcld_bids.model.harmonize.Regime as a dict); default: the "
+                         "bundle's own")
+    seed = traits.Int(0, usedefault=True, desc="random seed")
+    device = Str("cuda", usedefault=True, desc="torch device (cuda, cuda:N; cpu works, without any gain)")
+    num_threads = traits.Int(1, usedefault=True, desc="torch CPU threads")
+    batch_size = traits.Int(16, usedefault=True, desc="most volumes per call of the networks")
+
+
+class _HarmonizeBatchOutputSpec(TraitedSpec):
+    # a plain list (an OutputMultiObject of one file would be handed on as that file's path, not a list)
+    out_files = traits.List(File(exists=True), desc="harmonized images on the model grid, in the input order")
+    style = Str(desc="style used: 'site:<label>' or 'reference:<sha256 of the reference volume>'")
+    device = Str(desc="device the networks ran on")
+    wall_times = traits.List(traits.Float, desc="seconds per image: its batch's time divided by the batch's size")
+    timings = traits.List(traits.Dict, desc="seconds per stage and image (its batch's, divided by the batch's size)")
+
+
+class HarmonizeBatch(SimpleInterface):
+    """Harmonize several model-grid volumes (the T1w images of a participant) in batches.
+
+    Each image gets what :class:`HarmonizeT1w` would give it on the same device, up to the numerics of the
+    batch (on CUDA SDEdit's noise of a volume does not depend on the batch: see
+    :mod:`hcld_bids.model.harmonize`); wall times are shared out equally within a batch.
+    """
+
+    input_spec = _HarmonizeBatchInputSpec
+    output_spec = _HarmonizeBatchOutputSpec
+
+    def _run_interface(self, runtime):
+        in_files, mask_files = list(self.inputs.in_files), list(self.inputs.mask_files)
+        if len(in_files) != len(mask_files):
+            raise ValueError(f"{len(in_files)} images but {len(mask_files)} masks")
+        labels = list(self.inputs.labels) if isdefined(self.inputs.labels) else []
+        labels = labels if len(labels) == len(in_files) else [Path(f).name for f in in_files]
+        harmonizer = _open_harmonizer(self.inputs)
+        style, regime = _style_and_regime(harmonizer, self.inputs)
+        size = max(1, int(self.inputs.batch_size))
+        out_files, wall_times, timings = [], [], []
+        for first in range(0, len(in_files), size):
+            part = slice(first, first + size)
+            images = [nib.load(f) for f in in_files[part]]
+            volumes = [np.asarray(img.dataobj, dtype=np.float32) for img in images]
+            masks = [np.asarray(nib.load(f).dataobj) > 0 for f in mask_files[part]]
+            names = labels[part]
+            label = names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} more"
+            start = time.perf_counter()
+            outs = harmonizer.harmonize_batch(volumes, style, regime=regime, seed=self.inputs.seed, masks=masks,
+                                              progress=_progress(label, regime.unet_calls()))
+            share = (time.perf_counter() - start) / len(volumes)
+            for index, (out, img) in enumerate(zip(outs, images), start=first):
+                out_files.append(_save(_image(out, img.affine, img, np.float32), runtime.cwd,
+                                       f"t1w_harmonized_model_grid_{index:03d}.nii.gz"))
+                wall_times.append(round(share, 3))
+                timings.append({k: round(v / len(volumes), 3) for k, v in harmonizer.last_timings.items()})
+        self._results.update(out_files=out_files, wall_times=wall_times, timings=timings, style=style.source,
+                             device=str(harmonizer.device))
         return runtime
 
 

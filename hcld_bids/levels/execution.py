@@ -177,6 +177,8 @@ def describe_failure(node: str, records=None) -> str:
     who = ""
     if parts and (match := re.match(r"^sub_([A-Za-z0-9]+)_wf$", parts[0])):
         image = labels.get(".".join(parts[:2])) if len(parts) > 1 else None
+        if image is None and parts[1:2] == ["harmonize_batch_wf"] and len(parts) > 3:
+            image = labels.get(f"{parts[0]}.{parts[2]}")  # an image's steps after its participant's batch (CUDA)
         who = f"sub-{match.group(1)}" + (f" ({image})" if image else "")
     return f"{who}: {step}" if who else step
 
@@ -223,7 +225,8 @@ def remove_old_crash_files(config, records) -> list[Path]:
             for crash in sorted(run_dir.glob("crash-*")):
                 node, _ = read_crash_file(crash)
                 parts = node.split(".")[1:]
-                if ".".join(parts[:2]) in labels or (reference and parts[:1] == ["reference_preproc_wf"]):
+                batch = parts[1:2] == ["harmonize_batch_wf"]  # the participant's images together (CUDA)
+                if ".".join(parts[:2]) in labels or batch or (reference and parts[:1] == ["reference_preproc_wf"]):
                     crash.unlink(missing_ok=True)
                     removed.append(crash)
             try:
@@ -294,8 +297,21 @@ def _multiproc_runner(plugin_args: dict, log_queue):
             self._finished = threading.Event()
 
         def _async_callback(self, args):  # in the pool's thread, when a worker finishes
-            super()._async_callback(args)  # stores the result first, then wakes the scheduler
-            self._finished.set()
+            try:
+                super()._async_callback(args)  # stores the result first, then wakes the scheduler
+            except Exception:  # noqa: BLE001
+                # The worker raised past nipype's own error capture (a node that failed before writing its
+                # result file, e.g. an input its interface refuses): nipype never stores a result then and
+                # waits for the task forever. Store it as the crash it is.
+                import sys
+                from traceback import format_exception
+
+                taskid = next((tid for tid, future in list(self._task_obj.items()) if future is args), None)
+                if taskid is not None:
+                    self._taskresult[taskid] = {"result": None, "taskid": taskid,
+                                                "traceback": format_exception(*sys.exc_info())}
+            finally:
+                self._finished.set()
 
         def _task_finished_cb(self, jobid, cached=False):
             # also for nodes run in this process or found cached: their dependents are ready at once

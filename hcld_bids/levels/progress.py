@@ -29,6 +29,7 @@ STAGES = (
     ("ds_xfm", "preprocessing"),
     ("itk_xfm", "preprocessing"),
     ("harmonization_wf", "harmonizing"),
+    ("harmonize_batch_wf", "harmonizing"),  # a participant's images together, on CUDA
     ("qc_wf", "quality control"),
     ("outputs_wf", "writing outputs"),
     ("provenance", "writing outputs"),

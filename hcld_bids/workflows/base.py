@@ -122,29 +122,31 @@ def static_provenance(config, model, record, device: str) -> dict:
     }
 
 
-def init_single_t1w_wf(config, model, record, device: str, name: str):
-    """Preprocess, harmonize and write the outputs of one T1w."""
+#: Anatomical results the steps after the preprocessing use (fields of the anatomical workflow's outputnode).
+_ANAT_RESULTS = ["model_t1w", "model_mask", "native_ref", "xfm_tpl2t1w", "xfm_t1w2tpl", "t1w_preproc", "brain_mask",
+                 "scale_low", "scale_high"]
+
+
+def _add_after_preprocessing(workflow, config, model, record, device: str, inputnode, anat, prefix: str,
+                             batched: bool) -> None:
+    """Add to ``workflow`` what follows one T1w's preprocessing: harmonization (with ``batched``, only its
+    per-image part: the batch node hands in the fields of :data:`~.harmonization.BATCH_FIELDS` through
+    ``inputnode``), QC, provenance and outputs. The anatomical results are the fields ``prefix + name`` of
+    ``anat``; ``inputnode`` has ``t1w``, ``reference_t1w`` and ``reference_mask``."""
     from nipype.interfaces import utility as niu
     from nipype.pipeline import engine as pe
 
     from ..interfaces.harmonize import ItkTransform
-    from .anatomical import init_anat_preproc_wf
-    from .harmonization import inference_regime, init_harmonization_wf
+    from .harmonization import BATCH_FIELDS, inference_regime, init_harmonization_wf
     from .outputs import init_outputs_wf
     from .qc import init_qc_wf
 
     omp = config.nipype.omp_nthreads
     native = config.workflow.native_output
-    workflow = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["t1w", "reference_t1w", "reference_mask"]), name="inputnode")
-    inputnode.inputs.t1w = str(record.path)
-
-    anat = init_anat_preproc_wf(template=model.template, resolution=model.resolution, grid=model.grid,
-                                registration=model.registration, omp_nthreads=omp, sloppy=config.workflow.sloppy)
     harm = init_harmonization_wf(
         model=model, target_site=config.workflow.target_site,
         regime=inference_regime(model.manifest, config.workflow), seed=config.workflow.random_seed, device=device,
-        omp_nthreads=omp, native=native, label=_t1w_label(record))
+        omp_nthreads=omp, native=native, label=_t1w_label(record), batched=batched)
     qc = init_qc_wf(model=model, target_site=config.workflow.target_site)
     xfm = pe.Node(ItkTransform(), name="itk_xfm", mem_gb=0.1)
     provenance = pe.Node(niu.Function(
@@ -154,43 +156,94 @@ def init_single_t1w_wf(config, model, record, device: str, name: str):
     outputs = init_outputs_wf(output_dir=config.execution.output_dir, bids_dir=config.execution.bids_dir,
                               template=model.template, resolution=model.resolution, native=native)
 
+    def a(field):
+        return prefix + field
+
     workflow.connect([
-        (inputnode, anat, [("t1w", "inputnode.t1w")]),
-        (anat, harm, [("outputnode.model_t1w", "inputnode.model_t1w"),
-                      ("outputnode.model_mask", "inputnode.model_mask"),
-                      ("outputnode.native_ref", "inputnode.native_ref"),
-                      ("outputnode.xfm_tpl2t1w", "inputnode.xfm_tpl2t1w")]),
+        (anat, harm, [(a("model_t1w"), "inputnode.model_t1w"), (a("model_mask"), "inputnode.model_mask"),
+                      (a("native_ref"), "inputnode.native_ref"), (a("xfm_tpl2t1w"), "inputnode.xfm_tpl2t1w")]),
         (inputnode, harm, [("reference_t1w", "inputnode.reference_t1w")]),
-        (anat, qc, [("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
-                    ("outputnode.brain_mask", "inputnode.brain_mask")]),
+        (anat, qc, [(a("t1w_preproc"), "inputnode.t1w_preproc"), (a("brain_mask"), "inputnode.brain_mask")]),
         (harm, qc, [("outputnode.harmonized_template", "inputnode.harmonized")]),
         (inputnode, qc, [("reference_t1w", "inputnode.reference_t1w"),
                          ("reference_mask", "inputnode.reference_mask")]),
-        (anat, xfm, [("outputnode.xfm_t1w2tpl", "in_file")]),
+        (anat, xfm, [(a("xfm_t1w2tpl"), "in_file")]),
         (harm, provenance, [("outputnode.style", "style"), ("outputnode.device", "device"),
                             ("outputnode.wall_time", "wall_time"), ("outputnode.timings", "timings")]),
-        (anat, provenance, [("outputnode.scale_low", "low"), ("outputnode.scale_high", "high")]),
+        (anat, provenance, [(a("scale_low"), "low"), (a("scale_high"), "high")]),
         (inputnode, outputs, [("t1w", "inputnode.source_file")]),
-        (anat, outputs, [("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
-                         ("outputnode.brain_mask", "inputnode.brain_mask")]),
+        (anat, outputs, [(a("t1w_preproc"), "inputnode.t1w_preproc"), (a("brain_mask"), "inputnode.brain_mask")]),
         (harm, outputs, [("outputnode.harmonized_template", "inputnode.harmonized_template"),
                          ("outputnode.harmonized_native", "inputnode.harmonized_native")]),
         (xfm, outputs, [("out_file", "inputnode.xfm_t1w2tpl")]),
         (provenance, outputs, [("provenance", "inputnode.provenance")]),
         (qc, outputs, [("outputnode.qc", "inputnode.qc")]),
     ])
+    if batched:
+        workflow.connect([(inputnode, harm, [(field, f"inputnode.{field}") for field in BATCH_FIELDS])])
+
+
+def _t1w_inputnode(record, extra=()):
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
+    inputnode = pe.Node(niu.IdentityInterface(fields=["t1w", "reference_t1w", "reference_mask", *extra]),
+                        name="inputnode")
+    inputnode.inputs.t1w = str(record.path)
+    return inputnode
+
+
+def init_single_t1w_wf(config, model, record, device: str, name: str, preprocessing_only: bool = False):
+    """Preprocess, harmonize and write the outputs of one T1w.
+
+    ``preprocessing_only``: the anatomical preprocessing alone (the CUDA graph: the rest of the image's steps
+    sit in its participant's batch workflow, :func:`init_t1w_after_batch_wf`); its nodes have the same names and
+    paths as in the whole workflow, so the work directory's preprocessing serves both.
+    """
+    from nipype.pipeline import engine as pe
+
+    from .anatomical import init_anat_preproc_wf
+
+    workflow = pe.Workflow(name=name)
+    inputnode = _t1w_inputnode(record)
+    anat = init_anat_preproc_wf(template=model.template, resolution=model.resolution, grid=model.grid,
+                                registration=model.registration, omp_nthreads=config.nipype.omp_nthreads,
+                                sloppy=config.workflow.sloppy)
+    workflow.connect(inputnode, "t1w", anat, "inputnode.t1w")
+    if not preprocessing_only:
+        _add_after_preprocessing(workflow, config, model, record, device, inputnode, anat, "outputnode.",
+                                 batched=False)
+    return workflow
+
+
+def init_t1w_after_batch_wf(config, model, record, device: str, name: str):
+    """What follows the harmonization of one T1w harmonized in its participant's batch (CUDA): the harmonized
+    image on the template (and native) grid, QC, provenance and outputs. Its ``inputnode`` takes the image's
+    anatomical results (:data:`_ANAT_RESULTS`), its results of the batch node
+    (:data:`~.harmonization.BATCH_FIELDS`) and the reference image's, if any."""
+    from nipype.pipeline import engine as pe
+
+    from .harmonization import BATCH_FIELDS
+
+    workflow = pe.Workflow(name=name)
+    inputnode = _t1w_inputnode(record, extra=[*_ANAT_RESULTS, *BATCH_FIELDS])
+    _add_after_preprocessing(workflow, config, model, record, device, inputnode, inputnode, "", batched=True)
     return workflow
 
 
 def init_hcld_wf(config, records, model, device: str):
     """The participant-level workflow: one sub-workflow per participant, one per T1w inside it.
 
-    With ``--reference-image``, the reference is preprocessed once and feeds every T1w's harmonization.
-    Crash files of a participant's nodes go to ``OUTPUT_DIR/sub-<label>/log/<run uuid>/``.
+    On CUDA (:func:`~.harmonization.batches_harmonization`) a participant's T1w images are harmonized together
+    by one batch node (:func:`~.harmonization.init_harmonize_batch_wf`), which hands each T1w's workflow its
+    image; on the CPU each T1w has its own harmonization node. With ``--reference-image``, the reference is
+    preprocessed once and feeds every harmonization. Crash files of a participant's nodes go to
+    ``OUTPUT_DIR/sub-<label>/log/<run uuid>/``.
     """
     from nipype.pipeline import engine as pe
 
     from .anatomical import init_anat_preproc_wf
+    from .harmonization import _pick, batches_harmonization, inference_regime, init_harmonize_batch_wf
 
     workflow = pe.Workflow(name="hcld_bids_wf", base_dir=str(config.execution.work_dir))
     reference_wf = None
@@ -203,19 +256,48 @@ def init_hcld_wf(config, records, model, device: str):
     by_subject = defaultdict(list)
     for record in records:
         by_subject[record.subject].append(record)
+    batched = batches_harmonization(device)
     for subject, subject_records in sorted(by_subject.items()):
         subject_wf = pe.Workflow(name=subject_wf_name(subject))
         subject_wf.config["execution"] = _subject_execution(config, subject)
-        for record in subject_records:
-            t1w_wf = init_single_t1w_wf(config, model, record, device, name=t1w_wf_name(record))
-            subject_wf.add_nodes([t1w_wf])
+        t1w_wfs = [init_single_t1w_wf(config, model, record, device, name=t1w_wf_name(record),
+                                      preprocessing_only=batched) for record in subject_records]
+        subject_wf.add_nodes(t1w_wfs)
+        targets = t1w_wfs  # the workflows that take the reference image
+        batch_wf = None
+        if batched:
+            # The images' preprocessing (t1w_wf, as on the CPU) -> one batch node -> each image's remaining steps.
+            # Those sit inside the batch workflow: a workflow both feeding and fed by the batch would be a cycle.
+            batch_wf = init_harmonize_batch_wf(
+                model=model, target_site=config.workflow.target_site,
+                regime=inference_regime(model.manifest, config.workflow), seed=config.workflow.random_seed,
+                device=device, omp_nthreads=config.nipype.omp_nthreads,
+                labels=[_t1w_label(r) for r in subject_records])
+            targets = []
+            for index, (record, t1w_wf) in enumerate(zip(subject_records, t1w_wfs)):
+                after = init_t1w_after_batch_wf(config, model, record, device, name=t1w_wf.name)
+                batch_wf.connect([(batch_wf.get_node("harmonize"), after, [
+                    (("out_files", _pick, index), "inputnode.harmonized_model"),
+                    (("wall_times", _pick, index), "inputnode.wall_time"),
+                    (("timings", _pick, index), "inputnode.timings"),
+                    ("style", "inputnode.style"), ("device", "inputnode.device")])])
+                subject_wf.connect([(t1w_wf, batch_wf, [
+                    ("anat_preproc_wf.outputnode.model_t1w", f"merge_t1w.in{index + 1}"),
+                    ("anat_preproc_wf.outputnode.model_mask", f"merge_mask.in{index + 1}"),
+                    *[(f"anat_preproc_wf.outputnode.{field}", f"{after.name}.inputnode.{field}")
+                      for field in _ANAT_RESULTS]])])
+                targets.append(after)
         for node in subject_wf._get_all_nodes():
             node.config = deepcopy(subject_wf.config)
         workflow.add_nodes([subject_wf])
         if reference_wf is not None:
-            for record_wf in subject_wf._graph.nodes():
+            prefix = f"{batch_wf.name}." if batch_wf is not None else ""
+            for record_wf in targets:
                 workflow.connect(reference_wf, "outputnode.model_t1w",
-                                 subject_wf, f"{record_wf.name}.inputnode.reference_t1w")
+                                 subject_wf, f"{prefix}{record_wf.name}.inputnode.reference_t1w")
                 workflow.connect(reference_wf, "outputnode.model_mask",
-                                 subject_wf, f"{record_wf.name}.inputnode.reference_mask")
+                                 subject_wf, f"{prefix}{record_wf.name}.inputnode.reference_mask")
+            if batch_wf is not None:
+                workflow.connect(reference_wf, "outputnode.model_t1w",
+                                 subject_wf, f"{batch_wf.name}.inputnode.reference_t1w")
     return workflow

@@ -1,5 +1,12 @@
 """Harmonization of one preprocessed T1w: HCLD on the model grid, back to the template grid, and
-optionally back to the native T1w grid."""
+optionally back to the native T1w grid.
+
+On the CPU each T1w has its own harmonization node (MultiProc runs them side by side). On CUDA the T1w
+images of a participant are harmonized together, in batches of up to :data:`GPU_BATCH_SIZE` volumes per call
+of the networks (:func:`init_harmonize_batch_wf`, one per participant); each T1w's harmonization workflow
+then takes its harmonized image from there. A participant is the unit: a failed or changed image of one
+participant never holds back or reruns another's, and nipype caches each participant's batch on its own.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,11 @@ from nipype.pipeline import engine as pe
 
 from ..interfaces.harmonize import HarmonizeT1w, ToTemplateGrid
 from ..interfaces.preproc import ApplyTransform
+
+#: Most volumes one call of the networks harmonizes on CUDA.
+GPU_BATCH_SIZE = 16
+#: What a batched harmonization workflow takes from its participant's batch node (:func:`init_harmonize_batch_wf`).
+BATCH_FIELDS = ["harmonized_model", "style", "device", "wall_time", "timings"]
 
 #: Outputs of :func:`init_harmonization_wf` (fields of its ``outputnode``).
 OUTPUT_FIELDS = [
@@ -26,6 +38,12 @@ def harmonize_mem_gb(grid_shape, base_channels: int = 32) -> float:
     default network at 80x96x80 and 3.7 GB at 160x192x160, scaling with the full-resolution activations."""
     voxels = float(grid_shape[0]) * grid_shape[1] * grid_shape[2]
     return round(0.6 + 0.6e-6 * voxels * base_channels / 32, 1)
+
+
+def batches_harmonization(device: str) -> bool:
+    """Whether a participant's T1w images are harmonized together in batches (CUDA) instead of one node per
+    image (the CPU, where a batch is no faster and separate nodes run in parallel)."""
+    return str(device).startswith("cuda")
 
 
 def inference_regime(manifest: dict, workflow_config=None) -> dict:
@@ -78,8 +96,17 @@ def regime_description(regime: dict) -> str:
     return text + ("; after decoding, " + " and ".join(extras) if extras else "")
 
 
+def _desc(target_site: str | None, regime: dict) -> str:
+    target = f"the style prototype of site {target_site}" if target_site else "the style of a reference image"
+    return (
+        f"The preprocessed brain was harmonized toward {target} with HCLD [@hcld]: it was encoded by a 3D "
+        "autoencoder into a latent map, whose channel statistics were matched to those of the target style "
+        f"(AdaIN [@adain]), {regime_description(regime)}; it was decoded back into an image."
+    )
+
+
 def init_harmonization_wf(*, model, target_site: str | None, regime: dict, seed: int, device: str,
-                          omp_nthreads: int, native: bool, label: str = "",
+                          omp_nthreads: int, native: bool, label: str = "", batched: bool = False,
                           name: str = "harmonization_wf") -> pe.Workflow:
     """Harmonize one preprocessed T1w.
 
@@ -96,6 +123,9 @@ def init_harmonization_wf(*, model, target_site: str | None, regime: dict, seed:
         torch threads; the node declares them (``n_procs``) and its memory (``mem_gb``) to nipype.
     native
         Also resample the harmonized image onto the native T1w grid.
+    batched
+        The image is harmonized by its participant's batch node (:func:`init_harmonize_batch_wf`), which
+        hands in the fields :data:`BATCH_FIELDS`; this workflow then has no harmonization node of its own.
 
     Inputs
     ------
@@ -105,44 +135,46 @@ def init_harmonization_wf(*, model, target_site: str | None, regime: dict, seed:
         Model-grid reference volume, when harmonizing toward a reference image.
     native_ref, xfm_tpl2t1w
         Native T1w grid and template -> T1w transform (used when ``native``).
+    harmonized_model, style, device, wall_time, timings
+        With ``batched``: this image's results of the batch node.
 
     Outputs
     -------
     See :data:`OUTPUT_FIELDS`.
     """
     workflow = pe.Workflow(name=name)
-    target = f"the style prototype of site {target_site}" if target_site else "the style of a reference image"
-    workflow.__desc__ = (
-        f"The preprocessed brain was harmonized toward {target} with HCLD [@hcld]: it was encoded by a 3D "
-        "autoencoder into a latent map, whose channel statistics were matched to those of the target style "
-        f"(AdaIN [@adain]), {regime_description(regime)}; it was decoded back into an image."
-    )
+    workflow.__desc__ = _desc(target_site, regime)
 
     inputnode = pe.Node(niu.IdentityInterface(
-        fields=["model_t1w", "model_mask", "reference_t1w", "native_ref", "xfm_tpl2t1w"]), name="inputnode")
+        fields=["model_t1w", "model_mask", "reference_t1w", "native_ref", "xfm_tpl2t1w"]
+        + (BATCH_FIELDS if batched else [])), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=OUTPUT_FIELDS), name="outputnode")
 
     threads = max(1, int(omp_nthreads))
-    harmonize = pe.Node(
-        HarmonizeT1w(model_dir=str(model.path), model_sha256=model.sha256, regime=dict(regime), seed=seed,
-                     device=device, num_threads=threads, label=label),
-        name="harmonize", n_procs=threads, mem_gb=model.mem_gb)
-    if target_site:
-        harmonize.inputs.target_site = target_site
     to_template = pe.Node(
         ToTemplateGrid(template_file=str(model.template_file), grid_shape=model.grid.shape,
                        grid_start=model.grid.start),
         name="to_template", mem_gb=0.3)
+    if batched:
+        harmonize, field = inputnode, "harmonized_model"
+    else:
+        harmonize = pe.Node(
+            HarmonizeT1w(model_dir=str(model.path), model_sha256=model.sha256, regime=dict(regime), seed=seed,
+                         device=device, num_threads=threads, label=label),
+            name="harmonize", n_procs=threads, mem_gb=model.mem_gb)
+        if target_site:
+            harmonize.inputs.target_site = target_site
+        else:
+            workflow.connect(inputnode, "reference_t1w", harmonize, "reference_file")
+        workflow.connect([(inputnode, harmonize, [("model_t1w", "in_file"), ("model_mask", "mask_file")])])
+        field = "out_file"
 
     workflow.connect([
-        (inputnode, harmonize, [("model_t1w", "in_file"), ("model_mask", "mask_file")]),
-        (harmonize, to_template, [("out_file", "in_file")]),
-        (harmonize, outputnode, [("out_file", "harmonized_model"), ("style", "style"), ("device", "device"),
+        (harmonize, to_template, [(field, "in_file")]),
+        (harmonize, outputnode, [(field, "harmonized_model"), ("style", "style"), ("device", "device"),
                                  ("wall_time", "wall_time"), ("timings", "timings")]),
         (to_template, outputnode, [("out_file", "harmonized_template")]),
     ])
-    if not target_site:
-        workflow.connect(inputnode, "reference_t1w", harmonize, "reference_file")
     if native:
         to_native = pe.Node(ApplyTransform(num_threads=threads), name="to_native", n_procs=threads, mem_gb=1.0)
         workflow.connect([
@@ -150,4 +182,50 @@ def init_harmonization_wf(*, model, target_site: str | None, regime: dict, seed:
             (inputnode, to_native, [("native_ref", "reference_file"), ("xfm_tpl2t1w", "transform")]),
             (to_native, outputnode, [("out_file", "harmonized_native")]),
         ])
+    return workflow
+
+
+def _pick(values, index):
+    """Connection function: element ``index`` of a batch node's list output."""
+    return values[index]
+
+
+def init_harmonize_batch_wf(*, model, target_site: str | None, regime: dict, seed: int, device: str,
+                            omp_nthreads: int, labels: list[str], batch_size: int = GPU_BATCH_SIZE,
+                            name: str = "harmonize_batch_wf") -> pe.Workflow:
+    """Harmonize the T1w images of one participant together (CUDA), in batches of up to ``batch_size``.
+
+    Inputs
+    ------
+    merge_t1w.in<i>, merge_mask.in<i>
+        Model-grid T1w and brain mask of image ``i`` (1-based, in the order of ``labels``).
+    inputnode.reference_t1w
+        Model-grid reference volume, when harmonizing toward a reference image.
+
+    Outputs
+    -------
+    ``harmonize`` node: lists ``out_files``, ``wall_times``, ``timings`` in image order, and ``style``,
+    ``device``; :func:`hcld_bids.workflows.base.init_hcld_wf` hands image ``i`` its element of each list.
+    """
+    from ..interfaces.harmonize import HarmonizeBatch
+
+    workflow = pe.Workflow(name=name)
+    workflow.__desc__ = _desc(target_site, regime)
+    count = len(labels)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["reference_t1w"]), name="inputnode")
+    merge_t1w = pe.Node(niu.Merge(count), name="merge_t1w", run_without_submitting=True)
+    merge_mask = pe.Node(niu.Merge(count), name="merge_mask", run_without_submitting=True)
+    threads = max(1, int(omp_nthreads))
+    harmonize = pe.Node(
+        HarmonizeBatch(model_dir=str(model.path), model_sha256=model.sha256, regime=dict(regime), seed=seed,
+                       device=device, num_threads=threads, labels=list(labels), batch_size=int(batch_size)),
+        name="harmonize", n_procs=threads, mem_gb=model.mem_gb)
+    if target_site:
+        harmonize.inputs.target_site = target_site
+    else:
+        workflow.connect(inputnode, "reference_t1w", harmonize, "reference_file")
+    workflow.connect([
+        (merge_t1w, harmonize, [("out", "in_files")]),
+        (merge_mask, harmonize, [("out", "mask_files")]),
+    ])
     return workflow

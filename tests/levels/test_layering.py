@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "hcld_bids"
 WORKFLOW_HELPERS = {
     "subject_wf_name", "t1w_wf_name", "static_provenance",            # names and node inputs of the graph
     "inference_regime", "regime_description", "harmonize_mem_gb",    # harmonization node settings
+    "batches_harmonization",                                         # one batch node per participant (CUDA)
     "training_inputs_dir",                                           # where the train graph exports
 }
 

@@ -64,3 +64,30 @@ def test_the_worker_server_is_started_with_the_preload_only_for_multiproc_with_f
     assert not execution.start_worker_server(config)
     config.nipype.plugin = "Linear"
     assert not execution.start_worker_server(config)
+
+
+def _missing_file():
+    return "/nonexistent/hcld-bids/transform.mat"
+
+
+@pytest.mark.timeout(120)
+def test_a_node_that_fails_before_writing_its_result_ends_the_run_instead_of_hanging(config):
+    """nipype's worker raises past its own error capture when a node fails before it has a result file (here
+    an input its interface refuses), and nipype then waits for that task forever: it is a failed step."""
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
+    from hcld_bids.errors import HCLDError
+    from hcld_bids.interfaces.harmonize import ItkTransform
+
+    workflow = pe.Workflow(name="broken", base_dir=str(config.execution.work_dir))
+    source = pe.Node(niu.Function(function=_missing_file, input_names=[], output_names=["path"]), name="source")
+    export = pe.Node(ItkTransform(), name="itk_xfm")
+    workflow.connect(source, "path", export, "in_file")
+    for node in (source, export):
+        node.config = {"execution": {"crashdump_dir": str(config.execution.work_dir / "crash"),
+                                     "crashfile_format": "txt"}}
+    with pytest.raises(HCLDError, match="failed"):
+        execution.run_workflow(workflow, config)
+    (crash,) = (config.execution.work_dir / "crash").glob("crash-*itk_xfm*")
+    assert "FileNotFoundError" in crash.read_text() or "TraitError" in crash.read_text()

@@ -213,3 +213,32 @@ def test_boilerplate_only_writes_the_citation_and_nothing_else(trained, tmp_path
 def test_group_level_without_participant_outputs_exits_18(trained, tmp_path):
     code = main([str(trained.bids), str(tmp_path / "empty"), "group", "-w", str(tmp_path / "work"), *COMMON])
     assert code == 18
+
+
+def test_the_batched_graph_of_cuda_gives_every_image_what_its_own_node_gives(participant, tmp_path, monkeypatch):
+    """The CUDA graph (one batch node per participant, then each image's steps) run on the CPU: the same
+    harmonized images and sidecars as the CPU graph, the preprocessing taken from the same work directory."""
+    from nipype.utils.filemanip import loadpkl
+
+    from hcld_bids.workflows import harmonization
+
+    monkeypatch.setattr(harmonization, "batches_harmonization", lambda device: True)
+    out = tmp_path / "batched"
+    code = main([str(participant.bids), str(out), "participant", "--target-site", "siemens", "--output-spaces", TPL,
+                 "T1w", "-w", str(participant.work), "--model", str(participant.model), *COMMON, *STEPS,
+                 "--participant-label", "01"])
+    assert code == 0
+    assert {p: p.stat().st_mtime_ns for p in participant.preproc_results} == participant.preproc_after_participant
+    for sub in ("01",):
+        batch = loadpkl(next((participant.work / "hcld_bids_wf" / f"sub_{sub}_wf" / "harmonize_batch_wf" / "harmonize")
+                             .glob("result_*.pklz")))
+        assert len(batch.outputs.out_files) == 1 and batch.outputs.device == "cpu"
+        for kind in ("harmonized", "native"):
+            name = _files(sub)[kind] + ".nii.gz"
+            assert np.array_equal(nib.load(out / name).get_fdata(), nib.load(participant.out / name).get_fdata())
+        sidecars = [json.loads((root / (_files(sub)["harmonized"] + ".json")).read_text())["HCLD"]
+                    for root in (out, participant.out)]
+        for sidecar in sidecars:
+            sidecar.pop("RunUUID"), sidecar.pop("WallTimeSeconds")
+        assert sidecars[0] == sidecars[1]
+    assert (out / "sub-01.html").is_file()
