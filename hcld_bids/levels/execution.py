@@ -5,6 +5,7 @@ Everything here is shared by the level runners (:mod:`.participant`, :mod:`.trai
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -78,8 +79,25 @@ def start_worker_server(config) -> bool:
     # the server and its workers keep the environment of this moment
     os.environ.setdefault("NIPYPE_NO_ET", "1")
     multiprocessing.get_context("forkserver").set_forkserver_preload(list(WORKER_PRELOAD))
+    server = getattr(forkserver, "_forkserver", None)
+    was_running = getattr(server, "_forkserver_pid", None) is not None
     forkserver.ensure_running()
+    pid = getattr(server, "_forkserver_pid", None)
+    if not was_running and pid is not None:
+        atexit.register(_stop_worker_server, pid)
     return True
+
+
+def _stop_worker_server(pid: int) -> None:
+    """At exit: end the fork server this process started. Left alone it exits on its own once this process is
+    gone, but only after tearing down torch and ANTsPy (seconds), with this process's standard output and error
+    still open: a pipe reading them (``| tee``, a job's log capture) waited for it."""
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
+        pass
 
 
 def nipype_execution_settings(config) -> dict:

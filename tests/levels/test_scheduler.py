@@ -91,3 +91,44 @@ def test_a_node_that_fails_before_writing_its_result_ends_the_run_instead_of_han
         execution.run_workflow(workflow, config)
     (crash,) = (config.execution.work_dir / "crash").glob("crash-*itk_xfm*")
     assert "FileNotFoundError" in crash.read_text() or "TraitError" in crash.read_text()
+
+
+_STOP_PROBE = """
+import atexit, os, signal, sys, time
+from hcld_bids.cli.parser import build_parser
+from hcld_bids.cli.run import build_config
+from hcld_bids.levels import execution
+from multiprocessing import forkserver
+
+def probe():  # registered first: runs after every other exit handler
+    pid = forkserver._forkserver._forkserver_pid
+    for _ in range(50):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            print("ended by signal", os.WTERMSIG(status) if os.WIFSIGNALED(status) else None, flush=True)
+            return
+        time.sleep(0.1)
+    print("still running", flush=True)
+
+if __name__ == "__main__":
+    atexit.register(probe)
+    config = build_config(build_parser().parse_args(sys.argv[1:]))
+    assert execution.start_worker_server(config)
+"""
+
+
+def test_the_worker_server_a_run_started_is_ended_when_the_run_exits(bids_participants, tmp_path):
+    """Left alone, the server outlives the run by its own teardown of torch and ANTsPy, holding the run's
+    standard output open meanwhile."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "probe.py"
+    script.write_text(_STOP_PROBE)
+    args = [str(bids_participants), str(tmp_path / "out"), "participant", "--target-site", "x", "-w",
+            str(tmp_path / "work"), "--skip-bids-validation", "--nprocs", "2"]
+    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import signal
+
+    assert out.stdout.split() == ["ended", "by", "signal", str(int(signal.SIGTERM))]
