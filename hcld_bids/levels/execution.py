@@ -6,6 +6,7 @@ Everything here is shared by the level runners (:mod:`.participant`, :mod:`.trai
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import re
@@ -58,6 +59,7 @@ WORKER_PRELOAD = (
     "ants", "torch",
     "hcld_bids.interfaces.preproc", "hcld_bids.interfaces.harmonize", "hcld_bids.interfaces.qc",
     "hcld_bids.bids.sink", "hcld_bids.workflows.outputs", "hcld_bids.model.harmonize", "hcld_bids.reports.metrics",
+    "hcld_bids.reports.figures", "hcld_bids.reports.participant",
 )
 
 
@@ -86,6 +88,27 @@ def start_worker_server(config) -> bool:
     if not was_running and pid is not None:
         atexit.register(_stop_worker_server, pid)
     return True
+
+
+@contextlib.contextmanager
+def worker_pool(config):
+    """A pool of up to ``--nprocs`` processes forked from the run's worker server (:func:`start_worker_server`),
+    with what they need already imported; None when no such server runs (then work where you are: starting
+    one just for this would cost more than it saves)."""
+    from multiprocessing import forkserver
+
+    settings = plugin_settings(config)
+    running = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None) is not None
+    if (settings["plugin"] != "MultiProc" or settings["plugin_args"].get("mp_context") != "forkserver"
+            or not running):
+        yield None
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=max(1, int(config.nipype.nprocs)),
+                             mp_context=multiprocessing.get_context("forkserver")) as pool:
+        yield pool
 
 
 def _stop_worker_server(pid: int) -> None:

@@ -42,16 +42,23 @@ def template_source(model) -> str:
 
 
 def write_participant_reports(config, subjects) -> list[Path]:
-    """Write ``OUTPUT_DIR/sub-<label>.html`` for each subject that has outputs (others are skipped)."""
+    """Write ``OUTPUT_DIR/sub-<label>.html`` for each subject that has outputs (others are skipped).
+
+    After a run, the figures are drawn by up to ``--nprocs`` processes forked from the run's worker server
+    (matplotlib already imported there); with ``--reports-only``, here.
+    """
     from ..errors import NoDataError
     from ..reports.participant import write_participant_report
+    from .execution import worker_pool
 
     written = []
-    for subject in sorted(set(subjects)):
-        try:
-            written.append(write_participant_report(config.execution.output_dir, subject, config=config))
-        except NoDataError as err:
-            LOGGER.warning("%s", err)
+    with worker_pool(config) as pool:
+        for subject in sorted(set(subjects)):
+            try:
+                written.append(write_participant_report(config.execution.output_dir, subject, config=config,
+                                                        executor=pool))
+            except NoDataError as err:
+                LOGGER.warning("%s", err)
     return written
 
 

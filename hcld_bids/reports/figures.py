@@ -60,6 +60,13 @@ def to_bytes(fig: Figure, fmt: str = "png") -> bytes:
     return buffer.getvalue()
 
 
+def render(name: str, args: tuple, path: str | os.PathLike) -> str:
+    """Draw the figure of function ``name`` of this module with ``args`` and write it to ``path`` (a job that a
+    worker process can run: :func:`hcld_bids.reports.participant.write_participant_report` hands its figures
+    to a process pool this way)."""
+    return str(save(globals()[name](*args), path))
+
+
 def data_uri(fig: Figure, fmt: str = "png") -> str:
     """``data:image/...;base64,...`` of the figure (self-contained HTML)."""
     mime = "image/svg+xml" if fmt == "svg" else "image/png"

@@ -6,6 +6,9 @@ map of local structure preservation, the brain mask on the whole-head image, int
 input, output and target style, and the provenance recorded in the sidecar. The page has its style
 inline and refers only to figures under ``sub-<label>/figures/`` (relative links), so the output
 directory can be copied and opened offline.
+
+The figures (matplotlib, imported only where they are drawn) are drawn one after the other, or by the
+worker processes of an ``executor`` (:func:`write_participant_report`), several at once.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from markupsafe import Markup
 from .. import __version__
 from ..bids.atomic import atomic_write_text
 from ..errors import NoDataError
-from . import figures, metrics
+from . import metrics
 from .outputs import ImageRecord, find_images, find_strays
 
 LOGGER = logging.getLogger("hcld_bids.reports")
 TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "reports"
+#: Planes of the before/after mosaics (:data:`hcld_bids.reports.figures.PLANES`, without importing matplotlib).
+PLANES = ("axial", "coronal", "sagittal")
 
 #: What each flag means, shown next to it in the reports.
 FLAG_TEXT = {
@@ -102,14 +107,21 @@ def _figure_names(record: ImageRecord) -> dict[str, str]:
     base = f"{record.prefix}_space-{record.entities['space']}"
     if record.entities.get("resolution"):
         base += f"_res-{record.entities['resolution']}"
-    names = {f"mosaic_{plane}": f"{base}_desc-{plane}_T1w.png" for plane in figures.PLANES}
+    names = {f"mosaic_{plane}": f"{base}_desc-{plane}_T1w.png" for plane in PLANES}
     names.update(difference=f"{base}_desc-difference_T1w.png", structure=f"{base}_desc-structure_T1w.png",
                  mask=f"{base}_desc-brainmask_T1w.png", histogram=f"{base}_desc-histogram_T1w.svg")
     return names
 
 
-def _image_section(output_dir: Path, record: ImageRecord, figure_dir: Path) -> dict:
-    """Figures and tables of one image; figures written into ``figure_dir``."""
+def _draw(name: str, args: tuple, path: Path) -> str:
+    from . import figures
+
+    return figures.render(name, args, path)
+
+
+def _image_section(output_dir: Path, record: ImageRecord, figure_dir: Path, draw=_draw) -> dict:
+    """Figures and tables of one image; figures written into ``figure_dir`` by ``draw(function name of
+    :mod:`.figures`, its arguments, path)``."""
     label = record.subject
     relative_dir = f"sub-{label}/figures"
     section = {"id": record.prefix, "name": record.relative(output_dir), "problems": list(record.problems),
@@ -118,22 +130,22 @@ def _image_section(output_dir: Path, record: ImageRecord, figure_dir: Path) -> d
     preproc, mask, harmonized = _load(record.preproc), _load(record.mask), _load(record.harmonized)
     names = _figure_names(record)
 
-    def emit(key: str, fig) -> None:
-        figures.save(fig, figure_dir / names[key])
+    def emit(key: str, function: str, *args) -> None:
+        draw(function, args, figure_dir / names[key])
         section["figures"][key] = f"{relative_dir}/{names[key]}"
 
     if preproc is not None and mask is not None:
-        emit("mask", figures.mask_overlay(preproc, mask))
+        emit("mask", "mask_overlay", preproc, mask)
     if preproc is None or mask is None or harmonized is None:
         return section
     before = np.where(mask > 0, preproc, 0)
-    for plane in figures.PLANES:
-        emit(f"mosaic_{plane}", figures.mosaic({"input": before, "harmonized": harmonized}, mask, plane))
-    emit("difference", figures.difference_map(preproc, harmonized, mask))
+    for plane in PLANES:
+        emit(f"mosaic_{plane}", "mosaic", {"input": before, "harmonized": harmonized}, mask, plane)
+    emit("difference", "difference_map", preproc, harmonized, mask)
     voxel = nib.load(record.preproc).header.get_zooms()[:3]
     sp, blocks, block = metrics.structure_scores(preproc, harmonized, mask, voxel_size_mm=voxel)
     section["local"] = metrics.worst_block(blocks)
-    emit("structure", figures.structure_map_figure(preproc, mask, blocks, block, metrics.LOCAL_STRUCTURE_THRESHOLD))
+    emit("structure", "structure_map_figure", preproc, mask, blocks, block, metrics.LOCAL_STRUCTURE_THRESHOLD)
     qc = record.qc
     if qc is None:  # an older or foreign sidecar: recompute what needs no target
         edges, input_hist = metrics.brain_histogram(preproc, mask)
@@ -150,16 +162,18 @@ def _image_section(output_dir: Path, record: ImageRecord, figure_dir: Path) -> d
               "target style": {"color": "black", "linestyle": "--"}}
     if qc.get("TargetHistogram"):
         curves["target style"] = qc["TargetHistogram"]
-    emit("histogram", figures.histogram_figure(qc["HistogramBins"], curves, styles))
+    emit("histogram", "histogram_figure", qc["HistogramBins"], curves, styles)
     return section
 
 
-def write_participant_report(output_dir: str | os.PathLike, subject: str, *, config=None) -> Path:
+def write_participant_report(output_dir: str | os.PathLike, subject: str, *, config=None, executor=None) -> Path:
     """Write ``OUTPUT_DIR/sub-<label>.html`` (+ ``sub-<label>/figures/``) from the subject's outputs.
 
     ``subject``: label with or without ``sub-``. ``config``: the run's :class:`hcld_bids.config.Config`
-    (optional; its saved TOML in ``logs/`` is linked). Raises :class:`hcld_bids.errors.NoDataError`
-    when OUTPUT_DIR holds nothing of this subject. Returns the path of the HTML file.
+    (optional; its saved TOML in ``logs/`` is linked). ``executor``: a :class:`concurrent.futures.Executor`
+    whose workers draw the figures, several at once (default: drawn here, one after the other; the page is
+    the same). Raises :class:`hcld_bids.errors.NoDataError` when OUTPUT_DIR holds nothing of this subject.
+    Returns the path of the HTML file.
     """
     output_dir = Path(output_dir)
     label = _label(subject)
@@ -170,7 +184,15 @@ def write_participant_report(output_dir: str | os.PathLike, subject: str, *, con
             f"for it before writing its report"
         )
     figure_dir = output_dir / f"sub-{label}" / "figures"
-    sections = [_image_section(output_dir, record, figure_dir) for record in records]
+    if executor is None:
+        sections = [_image_section(output_dir, record, figure_dir) for record in records]
+    else:
+        jobs = []
+        sections = [_image_section(output_dir, record, figure_dir,
+                                   draw=lambda *job: jobs.append(executor.submit(_draw, *job)))
+                    for record in records]
+        for job in jobs:  # every figure is written before the page that shows it
+            job.result()
     strays = [p.relative_to(output_dir).as_posix() for p in find_strays(output_dir, label)]
     links = {}
     if (output_dir / "logs" / "CITATION.html").is_file():

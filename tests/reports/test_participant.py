@@ -117,3 +117,38 @@ def test_unknown_subject_is_a_no_data_error(reports):
     output_dir, _ = reports
     with pytest.raises(NoDataError, match="sub-99"):
         write_participant_report(output_dir, "99")
+
+
+def test_figures_drawn_by_an_executor_give_the_same_report(reports, tmp_path):
+    """The participant level hands the figures to worker processes; the page and every figure are the
+    same bytes as when drawn one after the other (the page's date aside)."""
+    import multiprocessing
+    import re
+    from concurrent.futures import ProcessPoolExecutor
+
+    output_dir, pages = reports
+    copy = shutil.copytree(output_dir, tmp_path / "out")
+    for figure in copy.glob("sub-08/figures/*"):
+        figure.unlink()
+    # the context of the participant level's pool (matplotlib's settings are per process, not per thread)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        page = write_participant_report(copy, "08", executor=pool)
+
+    def text(path):
+        return re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", "", path.read_text())
+
+    assert text(page) == text(pages["08"])
+    drawn = sorted((output_dir / "sub-08" / "figures").iterdir())
+    assert [p.name for p in drawn] == sorted(p.name for p in (copy / "sub-08" / "figures").iterdir())
+    for path in drawn:
+        assert (copy / "sub-08" / "figures" / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_writing_a_report_needs_matplotlib_only_where_figures_are_drawn():
+    import subprocess
+    import sys
+
+    code = ("import sys; import hcld_bids.reports.participant, hcld_bids.levels.participant; "
+            "print('matplotlib' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
