@@ -286,6 +286,12 @@ def test_participant_e2e_one_scan_quick(tmp_path):
     total = float(nodes.pop("total (process wall time, start-up and writing included)"))
     assert total >= max(float(v) for v in nodes.values())
     assert list(tmp_path.glob("out/sub-01/anat/*_T1w.nii.gz"))
+    # where the wall time went: the phases follow one another from the process's start to its end
+    phases = {k: float(v) for k, v in nodes.items() if k.startswith("phase: ")}
+    assert len(phases) == 9 and all(v >= 0 for v in phases.values()), phases
+    assert abs(sum(phases.values()) - total) < 0.5, (phases, total)
+    harmonize = float(nodes["harmonization_wf.harmonize"])
+    assert abs(float(nodes["total without the harmonization node"]) - (total - harmonize)) < 0.2
 
 
 @pytest.mark.slow
