@@ -174,6 +174,24 @@ def test_array_task_without_cuda_visible_devices_passes_no_gpu_setting(hpc_block
     assert "--env" not in calls[0]["argv"]
 
 
+@pytest.mark.parametrize("task_id, labels", [(1, ["01", "02"]), (2, ["3b", "04"]), (3, ["05"])])
+def test_chunk_task_runs_its_group_of_participants_in_one_job_on_all_its_cores(hpc_blocks, cluster, task_id,
+                                                                              labels):
+    _write_participants(cluster, "participant_id\tsite\nsub-01\tA\nsub-02\tB\nsub-3b\tA\nsub-04\tA\nsub-05\tB\n\n")
+    slurm = {"SLURM_ARRAY_TASK_ID": str(task_id), "SLURM_CPUS_PER_TASK": "32", "SLURM_MEM_PER_NODE": "120000",
+             "CUDA_VISIBLE_DEVICES": "0", "CHUNK": "2"}
+    result, calls = _run(_script(hpc_blocks, "participant-chunk.sbatch"), "participant-chunk.sbatch", cluster, slurm)
+    assert result.returncode == 0, result.stderr
+    (call,) = calls
+    assert call["argv"][3:5] == ["--env", "CUDA_VISIBLE_DEVICES=0"] and all(call["bind_sources_exist"])
+    config = _hcld_config(call["argv"], cluster["env"]["SIF"])
+    assert config.execution.participant_label == labels
+    assert (config.nipype.nprocs, config.nipype.omp_nthreads, config.nipype.mem_gb) == (32, 1, 120.0)
+    slurm["SLURM_ARRAY_TASK_ID"] = "4"  # past the last participant
+    result, calls = _run(_script(hpc_blocks, "participant-chunk.sbatch"), "participant-chunk.sbatch", cluster, slurm)
+    assert result.returncode == 65 and calls == [] and "name no participant" in result.stderr
+
+
 def test_group_job_runs_the_group_level_on_the_shared_output(hpc_blocks, cluster):
     slurm = {"SLURM_JOB_ID": "4243", "SLURM_CPUS_PER_TASK": "2", "SLURM_MEM_PER_NODE": "8192"}
     result, calls = _run(_script(hpc_blocks, "group.sbatch"), "group.sbatch", cluster, slurm)
