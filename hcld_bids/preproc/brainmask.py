@@ -23,6 +23,8 @@ dark parts of the head.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
@@ -68,6 +70,23 @@ def closing(mask: np.ndarray, radius_mm: float, voxel_size_mm=1.0) -> np.ndarray
     return closed[(slice(pad, -pad),) * 3]
 
 
+#: (template mask digest, shape, band, voxel) -> (dilated, eroded): the template's band is the same for every
+#: image, and each refinement would otherwise spend two of its four distance transforms on it.
+_TEMPLATE_BANDS: dict = {}
+
+
+def _template_band(template_mask: np.ndarray, band: float, voxel: float) -> tuple[np.ndarray, np.ndarray]:
+    """The template mask dilated and eroded by ``band`` mm, computed once per process (read-only arrays)."""
+    key = (hashlib.sha1(np.packbits(template_mask)).hexdigest(), template_mask.shape, band, voxel)
+    if key not in _TEMPLATE_BANDS:
+        if len(_TEMPLATE_BANDS) >= 4:
+            _TEMPLATE_BANDS.clear()
+        dilated, core = dilate(template_mask, band, voxel), erode(template_mask, band, voxel)
+        dilated.flags.writeable = core.flags.writeable = False
+        _TEMPLATE_BANDS[key] = (dilated, core)
+    return _TEMPLATE_BANDS[key]
+
+
 def refine_brain_mask(image: np.ndarray, template_mask: np.ndarray, voxel_size_mm: float,
                       band_mm: float = DEFAULT_BAND_MM,
                       closing_mm: float = DEFAULT_CLOSING_MM) -> np.ndarray:
@@ -94,8 +113,7 @@ def refine_brain_mask(image: np.ndarray, template_mask: np.ndarray, voxel_size_m
     # At least one voxel, rounded to whole voxels as a voxel-based structuring element would be.
     band = max(1, int(round(band_mm / voxel))) * voxel
     close = max(1, int(round(closing_mm / voxel))) * voxel
-    dilated = dilate(template_mask, band, voxel)
-    core = erode(template_mask, band, voxel)
+    dilated, core = _template_band(template_mask, band, voxel)
     values = image[dilated]
     if values.size == 0 or values.max() <= values.min():
         return largest_component(ndi.binary_fill_holes(template_mask))

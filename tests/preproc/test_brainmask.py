@@ -70,3 +70,24 @@ def test_distance_based_morphology_equals_ball_structuring_elements():
     padded = np.pad(mask, 4)
     expected = ndi.binary_erosion(ndi.binary_dilation(padded, ball3), ball3)[4:-4, 4:-4, 4:-4]
     np.testing.assert_array_equal(closing(mask, 3.0), expected)
+
+
+def test_the_template_band_is_computed_once_and_the_mask_is_the_same(monkeypatch):
+    """The template's dilated and eroded masks are the same for every image: computed once per process."""
+    from hcld_bids.preproc import brainmask
+
+    image, shape, centre = _phantom()
+    template = _ball(shape, centre, 12)
+    brainmask._TEMPLATE_BANDS.clear()
+    first = refine_brain_mask(image, template, voxel_size_mm=2.0)
+    calls = []
+    monkeypatch.setattr(brainmask, "dilate", lambda *a: calls.append(a) or brainmask.ndi.distance_transform_edt(
+        ~a[0], sampling=a[2]) <= a[1])
+    second = refine_brain_mask(image * 1.1, template, voxel_size_mm=2.0)
+    assert len(calls) == 2  # the closing's two dilations; the template's band came from the cache
+    assert np.array_equal(first, refine_brain_mask(image, template, voxel_size_mm=2.0))
+    assert second.shape == first.shape
+    dilated, core = next(iter(brainmask._TEMPLATE_BANDS.values()))
+    assert not dilated.flags.writeable and not core.flags.writeable
+    brainmask._TEMPLATE_BANDS.clear()
+    assert np.array_equal(first, refine_brain_mask(image, template, voxel_size_mm=2.0))
