@@ -44,11 +44,10 @@ alone, so that a volume gets the same noise in a batch as on its own.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
-
-import logging
 
 import numpy as np
 import torch
