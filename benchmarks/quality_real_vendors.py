@@ -18,7 +18,8 @@ Steps, as ``hcld-bids-demo`` does them:
 3. every scan is mapped toward every vendor (its own included) in this process with the library:
    ``input`` (unchanged), ``histmatch`` (brain intensities mapped by quantiles onto the vendor's stored
    histogram, as in quality_simulated.py) and ``hcld`` (:class:`hcld_bids.model.harmonize.Harmonizer`,
-   ``--inversion-steps`` + ``--sampling-steps`` DDIM steps).
+   under the bundle's own inference regime; ``--inversion-steps`` / ``--sampling-steps`` override its DDIM
+   steps).
 
 ``--quick`` (for the tests) replaces steps 1-2 by a rough stand-in without ANTs: each scan is placed on the
 template grid by :func:`hcld_bids.reports.synthetic.resample_scan` (brain centre aligned, no N4, no
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import sys
@@ -196,8 +198,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scans", nargs="+", choices=sorted(SCANS), default=sorted(SCANS))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--nprocs", type=int, default=2)
-    ap.add_argument("--inversion-steps", type=int, default=30)
-    ap.add_argument("--sampling-steps", type=int, default=10)
+    ap.add_argument("--inversion-steps", type=int, default=None, help="override the bundle regime's DDIM steps")
+    ap.add_argument("--sampling-steps", type=int, default=None, help="override the bundle regime's DDIM steps")
     ap.add_argument("--cache", type=Path, help="keep HCLD outputs here as .npy and reuse them")
     ap.add_argument("--quick", action="store_true", help="no ANTs preprocessing, no CLI (smoke test of the script)")
     args = ap.parse_args(argv)
@@ -225,23 +227,22 @@ def main(argv=None) -> int:
     bundle = load_bundle(bundle_dir, device=args.device)
     harmonizer = Harmonizer(bundle, device=args.device)
     vendors = sorted({v for v, _, _ in images.values()})
+    regime = harmonizer.resolve_regime(inversion_steps=args.inversion_steps, sampling_steps=args.sampling_steps)
+    stamp = hashlib.sha256(json.dumps(regime.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
     print(f"preprocessing + prototypes of {', '.join(vendors)}: {prep_seconds:.0f} s"
-          f"{' (--quick: no ANTs)' if args.quick else ''}; HCLD {args.inversion_steps} + {args.sampling_steps} "
-          f"DDIM steps on {args.device}", flush=True)
+          f"{' (--quick: no ANTs)' if args.quick else ''}; HCLD {regime} on {args.device}", flush=True)
 
     rows, hcld_seconds = [], []
     for target in vendors:
         style = harmonizer.style_from_site(target)
         hist = bundle.manifest["sites"][target]["intensity_histogram"]
         for label, (vendor, inp, mask) in images.items():
-            cached = (args.cache / f"{label}_to_{target}_inv{args.inversion_steps}_samp{args.sampling_steps}.npy"
-                      if args.cache else None)
+            cached = args.cache / f"{label}_to_{target}_{stamp}.npy" if args.cache else None
             t0 = time.perf_counter()
             if cached is not None and cached.is_file():
                 hcld = np.load(cached)
             else:
-                hcld = harmonizer.harmonize(inp, style, inversion_steps=args.inversion_steps,
-                                            sampling_steps=args.sampling_steps, mask=mask)
+                hcld = harmonizer.harmonize(inp, style, regime=regime, mask=mask)
                 hcld_seconds.append(time.perf_counter() - t0)
                 if cached is not None:
                     args.cache.mkdir(parents=True, exist_ok=True)
@@ -269,7 +270,7 @@ def main(argv=None) -> int:
     write_tsv(args.out / "summary.tsv", summary_rows)
     (args.out / "summary.json").write_text(json.dumps({
         "scans": args.scans, "vendors": vendors, "bundle": str(args.bundle), "device": args.device,
-        "inversion_steps": args.inversion_steps, "sampling_steps": args.sampling_steps,
+        "regime": regime.to_dict(),
         "preprocessing_seconds": round(prep_seconds, 1),
         "hcld_seconds_mean": round(float(np.mean(hcld_seconds)), 2) if hcld_seconds else None,
         "summary": summary_rows}, indent=1))

@@ -53,17 +53,17 @@ RECIPE = {
                     "norm_groups": 8, "patch_size": 2, "mid_attention": False},
     "unet": {"channels": [32, 32, 32], "num_res_blocks": 1, "attention_levels": [False, False, True],
              "head_channels": 32, "norm_groups": 16, "patch_size": 2},
-    "stage1": {"steps": 4000, "batch_size": 2, "lr": 5e-4, "patch_size": [64, 64, 64], "kl_weight": 1e-6,
+    "stage1": {"steps": 2600, "batch_size": 2, "lr": 5e-4, "patch_size": [64, 64, 64], "kl_weight": 1e-6,
                "ssim_weight": 0.5, "adv_weight": 0.0, "adv_warmup_epochs": 1e9, "ema_decay": 0.999,
                "augment_prob": 0.5, "warmup_steps": 100, "lr_min_ratio": 0.05, "checkpoint_every": 200},
-    "stage2": {"steps": 8000, "batch_size": 4, "grad_accum": 1, "lr": 2e-4, "noise_weight": 1.0,
+    "stage2": {"steps": 2500, "batch_size": 4, "grad_accum": 1, "lr": 2e-4, "noise_weight": 1.0,
                "content_weight": 0.0, "style_weight": 0.0, "adv_weight": 0.0, "grad_weight": 0.0,
                "same_site_prob": 1.0, "prototype_condition_prob": 0.5, "ema_decay": 0.999, "warmup_steps": 200,
                "lr_min_ratio": 0.05, "checkpoint_every": 250, "latent_crop": 32, "timestep_focus": 250,
                "timestep_focus_prob": 0.75},
     "inference": {"kind": "sdedit", "strength": 0.3, "sampling_steps": 1, "inversion_steps": 10, "detail": 1.0,
                   "calibrate": True},
-    "eval_every": {"stage1": 100, "stage2": 500},
+    "eval_every": {"stage1": 250, "stage2": 500},
 }
 
 #: Tiny networks and step counts for a check of the script on a CPU (tests, CI).
