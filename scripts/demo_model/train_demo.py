@@ -61,7 +61,9 @@ RECIPE = {
                "same_site_prob": 1.0, "prototype_condition_prob": 0.5, "ema_decay": 0.999, "warmup_steps": 200,
                "lr_min_ratio": 0.05, "checkpoint_every": 250, "latent_crop": 32, "timestep_focus": 250,
                "timestep_focus_prob": 0.75},
-    "inference": {"kind": "sdedit", "strength": 0.3, "sampling_steps": 1, "inversion_steps": 10, "detail": 1.0,
+    # chosen on the validation heads (benchmarks/RESULTS.md, "Inference regimes"): dual conditions (DDIB) to 10 %
+    # of the diffusion, 0.75 of the lost detail added back, the brain histogram calibrated to the target's
+    "inference": {"kind": "dual", "strength": 0.1, "inversion_steps": 10, "sampling_steps": 10, "detail": 0.75,
                   "calibrate": True},
     "eval_every": {"stage1": 250, "stage2": 500},
 }
