@@ -12,7 +12,7 @@ harmonization node (whose cost depends on the model and its inference regime).
 
     PYTHONPATH=$PWD python benchmarks/participant_e2e.py [--scanner siemens] [--nprocs 2] [--keep DIR] [--quick]
 
-``--quick`` (for the tests) harmonizes with 2 + 1 DDIM steps instead of the default 30 + 10, and preprocesses
+``--quick`` (for the tests) harmonizes with 2 + 1 DDIM steps instead of the model's own, and preprocesses
 with ``--sloppy`` (fewer N4 iterations, a fast affine registration).
 """
 

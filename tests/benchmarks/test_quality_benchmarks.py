@@ -197,6 +197,24 @@ def test_quality_simulated_chain_is_the_loss_budget_of_the_bundle_regime(simulat
     assert len(cached) == 2 * (len(methods) - 5)  # hcld and the regimes, for both source sites; nothing else
 
 
+def test_detail_gain_sweep_matches_the_harmonizer_adain_regime(simulated_setting, tmp_path):
+    """detail_gain.py's output for gain g is what the Harmonizer's adain regime with detail g and calibration
+    gives (same SSIM to the same head as quality_simulated's --regime), and gain 0 differs from gain 1."""
+    out = tmp_path / "gains.tsv"
+    stdout = _run([BENCH / "detail_gain.py", "--inputs", simulated_setting / "inputs", "--bundle",
+                   simulated_setting / "bundle", "--gains", "0", "1", "--out", out])
+    rows = _read_tsv(out)
+    assert [r["pair"] for r in rows] == ["siteA -> siteB", "siteB -> siteA", "mean"]
+    assert list(rows[0]) == ["pair", "input", "histmatch", "g0", "g1", "smoothed0.7"]
+    assert rows[0]["g0"] != rows[0]["g1"] and "best gain chosen per pair" in stdout
+    q = tmp_path / "q"
+    _run([BENCH / "quality_simulated.py", "--inputs", simulated_setting / "inputs", "--bundle",
+          simulated_setting / "bundle", "--out", q, "--targets", "siteA", "--nyul-fit", "bundle",
+          "--regime", "a1=adain,detail=1,calibrate=true"])
+    ssim = [float(r["ssim"]) for r in _read_tsv(q / "pairs.tsv") if r["method"] == "a1"]
+    assert float(rows[1]["g1"]) == pytest.approx(float(np.mean(ssim)), abs=1e-5)
+
+
 def test_nyul_maps_landmarks_onto_the_standard_scale():
     sys.path.insert(0, str(BENCH))
     try:
