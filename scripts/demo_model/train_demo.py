@@ -8,8 +8,8 @@ replaces the state. Nothing accumulates but the learning curve.
 State folder::
 
     recipe.json            the networks and the training settings (fixed at the first run; --fresh starts over)
-    stage1/checkpoint.pt   autoencoder, its EMA, discriminator, optimizers, step (the train level's engine)
-    stage2/checkpoint.pt   diffusion UNet, its EMA, discriminator, optimizers, step
+    stage1/checkpoint.safetensors   autoencoder, its EMA, discriminator, optimizers, step (the train level's engine)
+    stage2/checkpoint.safetensors   diffusion UNet, its EMA, discriminator, optimizers, step
     curve.csv              learning curve: held-out reconstruction SSIM (stage 1) and held-out noise loss
                            (stage 2) against optimizer steps and cumulative wall time, per device
     record.json            every run: command, device, minutes, steps reached

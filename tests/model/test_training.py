@@ -137,7 +137,7 @@ def test_stage2_trains_on_cached_latents_without_images(tmp_path, tiny_unet_conf
     cfg = LDMTrainConfig(unet=tiny_unet_config, disc_channels=(8, 16, 16), steps=2, grad_weight=0, grad_accum=1,
                          progress=False)
     out = train_ldm(z, SITES, cfg, tmp_path, device="cpu")
-    assert out.complete and (tmp_path / "checkpoint.pt").is_file() and len(_rows(out.history)) == 2
+    assert out.complete and (tmp_path / "checkpoint.safetensors").is_file() and len(_rows(out.history)) == 2
 
 
 def test_gradient_loss_without_images_is_refused(tmp_path, tiny_unet_config):

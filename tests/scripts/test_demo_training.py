@@ -117,7 +117,7 @@ def test_train_demo_resumes_from_its_state_and_writes_a_bundle(packs, trained):
     out = h.harmonize(vol, h.style_from_site("siteA"), mask=vol > 0)
     assert out.shape == vol.shape and not out[vol == 0].any()
     # only the state, no pile of checkpoints: one checkpoint per stage
-    assert sorted(p.name for p in state.rglob("checkpoint*")) == ["checkpoint.pt", "checkpoint.pt"]
+    assert sorted(p.name for p in state.rglob("checkpoint*")) == ["checkpoint.safetensors", "checkpoint.safetensors"]
 
 
 @pytest.mark.slow
@@ -142,7 +142,7 @@ def test_gpu_session_runs_on_the_cpu_at_a_tiny_size(packs, trained, tmp_path):
     assert set(quality) == {"input", "histmatch", "final"} and quality["final"]["n"] == 4
     with tarfile.open(out / "state.tar") as tar:
         names = tar.getnames()
-    assert {"recipe.json", "stage1/checkpoint.pt", "stage2/checkpoint.pt", "curve.csv", "record.json"} <= set(names)
+    assert {"recipe.json", "stage1/checkpoint.safetensors", "stage2/checkpoint.safetensors", "curve.csv", "record.json"} <= set(names)
     with tarfile.open(out / "bundle.tar") as tar:
         assert "manifest.json" in tar.getnames()
     assert "ours" in (out / "speed.txt").read_text().lower()

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError
-from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, set_rng_state
 from .config import LoopConfig
 from .distributed import DistContext
 
@@ -205,7 +205,7 @@ class TrainingRun:
     def _restore(self, ckpt: dict) -> None:
         from .distributed import unwrap
 
-        path = self.workdir / "checkpoint.pt"
+        path = checkpoint_path(self.workdir)
         if ckpt.get("stage") != self.stage:
             raise CheckpointError(f"{path}: checkpoint of stage {ckpt.get('stage')!r}, not {self.stage!r}; use "
                                   f"another work directory")

@@ -130,7 +130,7 @@ def train_autoencoder(volumes: Sequence, cfg: AutoencoderTrainConfig, workdir, *
     Args:
         volumes: sequence of ``(D, H, W)`` float32 arrays in [0, 1] (template space, skull-stripped).
         cfg: stage settings; ``cfg.autoencoder`` holds the architecture.
-        workdir: holds ``checkpoint.pt`` (resumed from when present) and ``history.csv``.
+        workdir: holds ``checkpoint.safetensors`` (resumed from when present) and ``history.csv``.
         device: default CUDA when available; under torchrun each process takes its LOCAL_RANK GPU.
         stop_after_steps / time_limit_s: end this call early (after a checkpoint); call again to continue.
         augment: ``augment(volume, numpy_generator) -> volume`` for ``cfg.augment_prob`` (e.g.
