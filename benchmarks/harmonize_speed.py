@@ -129,22 +129,9 @@ def run_batch(h: Harmonizer, vols, steps, style):
 
 def load_scan(name: str = "siemens_prismafit3T_xa30_s5_nonorm.nii.gz", grid=(80, 96, 80)) -> np.ndarray:
     """A vendored real scan scaled to [0, 1] (0.5/99.5 percentiles) and cropped around the head to ``grid``."""
-    import nibabel as nib
+    from hcld_bids.testing.volumes import real_volume
 
-    data = np.asarray(nib.as_closest_canonical(nib.load(str(Path(__file__).resolve().parents[1] / "hcld_bids" / "data"
-                                                                / "t1w" / name))).dataobj, dtype=np.float32)
-    lo, hi = np.percentile(data, [0.5, 99.5])
-    data = np.clip((data - lo) / (hi - lo), 0.0, 1.0)
-    center = (np.indices(data.shape).reshape(3, -1) * data.reshape(1, -1)).sum(1) / data.sum()
-    out = np.zeros(grid, np.float32)
-    src, dst = [], []
-    for c, n, size in zip(center, data.shape, grid):
-        start = int(round(c)) - size // 2
-        a, b = max(0, start), min(n, start + size)
-        src.append(slice(a, b))
-        dst.append(slice(a - start, b - start))
-    out[tuple(dst)] = data[tuple(src)]
-    return out
+    return real_volume(name, grid)
 
 
 def tolerance(device) -> dict:

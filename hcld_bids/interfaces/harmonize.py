@@ -56,9 +56,9 @@ def get_harmonizer(model_dir: str, device: str):
     return _HARMONIZERS[key]
 
 
-class _HarmonizeInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc="brain-only scaled T1w on the model grid")
-    mask_file = File(exists=True, mandatory=True, desc="brain mask on the model grid")
+class _ModelTargetInputSpec(BaseInterfaceInputSpec):
+    """The model, the target style and the regime: what every harmonization interface takes."""
+
     model_dir = Str(mandatory=True, desc="model bundle directory")
     model_sha256 = Str(mandatory=True, desc="digest of the bundle's weights (makes reruns notice a new model)")
     target_site = Str(desc="site whose stored style prototype is the target")
@@ -66,8 +66,13 @@ class _HarmonizeInputSpec(BaseInterfaceInputSpec):
     regime = traits.Dict(desc="inference regime (hcld_bids.model.harmonize.Regime as a dict); default: the "
                          "bundle's own")
     seed = traits.Int(0, usedefault=True, desc="random seed")
-    device = Str("cpu", usedefault=True, desc="torch device (cpu, cuda, cuda:N)")
     num_threads = traits.Int(1, usedefault=True, desc="torch CPU threads")
+
+
+class _HarmonizeInputSpec(_ModelTargetInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="brain-only scaled T1w on the model grid")
+    mask_file = File(exists=True, mandatory=True, desc="brain mask on the model grid")
+    device = Str("cpu", usedefault=True, desc="torch device (cpu, cuda, cuda:N)")
     label = Str("", usedefault=True, desc="name of the image in progress messages")
 
 
@@ -145,20 +150,12 @@ class HarmonizeT1w(SimpleInterface):
         return runtime
 
 
-class _HarmonizeBatchInputSpec(BaseInterfaceInputSpec):
+class _HarmonizeBatchInputSpec(_ModelTargetInputSpec):
     in_files = InputMultiObject(File(exists=True), mandatory=True,
                                 desc="brain-only scaled T1w images on the model grid")
     mask_files = InputMultiObject(File(exists=True), mandatory=True, desc="their brain masks, in the same order")
     labels = traits.List(Str, desc="names of the images in progress messages, in the same order")
-    model_dir = Str(mandatory=True, desc="model bundle directory")
-    model_sha256 = Str(mandatory=True, desc="digest of the bundle's weights (makes reruns notice a new model)")
-    target_site = Str(desc="site whose stored style prototype is the target")
-    reference_file = File(exists=True, desc="reference T1w on the model grid (brain-only, scaled), the target style")
-    regime = traits.Dict(desc="inference regime (hcld_bids.model.harmonize.Regime as a dict); default: the "
-                         "bundle's own")
-    seed = traits.Int(0, usedefault=True, desc="random seed")
     device = Str("cuda", usedefault=True, desc="torch device (cuda, cuda:N; cpu works, without any gain)")
-    num_threads = traits.Int(1, usedefault=True, desc="torch CPU threads")
     batch_size = traits.Int(16, usedefault=True, desc="most volumes per call of the networks")
 
 

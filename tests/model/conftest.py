@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-DATA = Path(__file__).resolve().parents[2] / "hcld_bids" / "data" / "t1w"
+from hcld_bids.testing.volumes import real_volume
+
 
 #: Tiny architectures that keep every structural feature of the defaults (3 levels, attention, skips).
 TINY_AE = dict(channels=(8, 16, 16), latent_channels=6, num_res_blocks=1, attention_levels=(False, False, True),
@@ -19,24 +20,7 @@ TINY_UNET = dict(in_channels=12, out_channels=6, channels=(8, 16, 16), num_res_b
 
 def load_real_volume(name: str, shape=(32, 48, 32)) -> np.ndarray:
     """A vendored scan scaled to [0, 1] by its 0.5/99.5 percentiles and center-cropped/padded to ``shape``."""
-    import nibabel as nib
-
-    img = nib.as_closest_canonical(nib.load(str(DATA / name)))
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    lo, hi = np.percentile(data, [0.5, 99.5])
-    data = np.clip((data - lo) / (hi - lo), 0.0, 1.0)
-    # center the crop on the intensity-weighted center of the head
-    grid = np.indices(data.shape).reshape(3, -1)
-    center = (grid * data.reshape(1, -1)).sum(1) / data.sum()
-    out = np.zeros(shape, np.float32)
-    src, dst = [], []
-    for c, n, s in zip(center, data.shape, shape):
-        start = int(round(c)) - s // 2
-        a, b = max(0, start), min(n, start + s)
-        src.append(slice(a, b))
-        dst.append(slice(a - start, b - start))
-    out[tuple(dst)] = data[tuple(src)]
-    return out
+    return real_volume(name, shape)
 
 
 # The vendored Philips scan is clipped at 32767 in more than 10 % of its voxels, so it is left out here.
