@@ -6,6 +6,8 @@ reuse it when a rerun has the same inputs. Images are written under a temporary 
 
 from __future__ import annotations
 
+import functools
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -47,6 +49,30 @@ def _mask_image(mask: np.ndarray, like: nib.Nifti1Image) -> nib.Nifti1Image:
     return _image(mask, like.affine, like, np.uint8)
 
 
+class _TimedOutputSpec(TraitedSpec):
+    seconds = traits.Float(desc="wall time of this step in seconds (when it ran; a reused result keeps its own)")
+
+
+class _TimedInterface(SimpleInterface):
+    """A preprocessing step that reports its own wall time as the output ``seconds`` (the participant level
+    sums them into the sidecar's ``WallTimeSeconds.preprocessing``)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        inner = cls.__dict__.get("_run_interface")
+        if inner is None:
+            return
+
+        @functools.wraps(inner)
+        def timed(self, runtime):
+            start = time.perf_counter()
+            runtime = inner(self, runtime)
+            self._results["seconds"] = round(time.perf_counter() - start, 3)
+            return runtime
+
+        cls._run_interface = timed
+
+
 class _ThreadsInputSpec(BaseInterfaceInputSpec):
     num_threads = traits.Int(1, usedefault=True, desc="threads ANTs/ITK may use")
 
@@ -57,11 +83,11 @@ class _ValidateT1wInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="T1w NIfTI as found in the BIDS dataset")
 
 
-class _ValidateT1wOutputSpec(TraitedSpec):
+class _ValidateT1wOutputSpec(_TimedOutputSpec):
     out_file = File(exists=True, desc="the same voxels, 3D, reoriented to RAS")
 
 
-class ValidateT1w(SimpleInterface):
+class ValidateT1w(_TimedInterface):
     """Check a T1w (:func:`hcld_bids.preproc.validate.load_t1w`) and write its RAS copy."""
 
     input_spec = _ValidateT1wInputSpec
@@ -87,11 +113,11 @@ class _N4InputSpec(_ThreadsInputSpec):
                                                         "levels of 50)")
 
 
-class _N4OutputSpec(TraitedSpec):
+class _N4OutputSpec(_TimedOutputSpec):
     out_file = File(exists=True, desc="bias-corrected T1w, float32")
 
 
-class N4BiasCorrection(SimpleInterface):
+class N4BiasCorrection(_TimedInterface):
     """N4 bias-field correction (:func:`hcld_bids.preproc.bias.n4_correct`)."""
 
     input_spec = _N4InputSpec
@@ -125,13 +151,13 @@ class _RegisterInputSpec(_ThreadsInputSpec):
     sloppy = traits.Bool(desc="testing only: the fast, coarse recipe")
 
 
-class _RegisterOutputSpec(TraitedSpec):
+class _RegisterOutputSpec(_TimedOutputSpec):
     warped_file = File(exists=True, desc="moving image on the template grid")
     forward_transform = File(exists=True, desc="T1w -> template (.mat affine or .h5 composite)")
     inverse_transform = File(exists=True, desc="template -> T1w (.mat affine or .h5 composite)")
 
 
-class RegisterToTemplate(SimpleInterface):
+class RegisterToTemplate(_TimedInterface):
     """ANTs registration to the template (:func:`hcld_bids.preproc.registration.register_to_template`)."""
 
     input_spec = _RegisterInputSpec
@@ -161,11 +187,11 @@ class _ApplyTransformInputSpec(_ThreadsInputSpec):
                                 usedefault=True, desc="ANTs interpolator")
 
 
-class _ApplyTransformOutputSpec(TraitedSpec):
+class _ApplyTransformOutputSpec(_TimedOutputSpec):
     out_file = File(exists=True, desc="resampled image, float32")
 
 
-class ApplyTransform(SimpleInterface):
+class ApplyTransform(_TimedInterface):
     """Resample an image through an ANTs transform
     (:func:`hcld_bids.preproc.registration.apply_transform`; ``to_native`` with the inverse)."""
 
@@ -191,11 +217,11 @@ class _MaskToNativeInputSpec(_ThreadsInputSpec):
     reference_file = File(exists=True, mandatory=True, desc="native T1w (RAS)")
 
 
-class _MaskToNativeOutputSpec(TraitedSpec):
+class _MaskToNativeOutputSpec(_TimedOutputSpec):
     out_file = File(exists=True, desc="brain mask on the native grid (uint8)")
 
 
-class MaskToNative(SimpleInterface):
+class MaskToNative(_TimedInterface):
     """Template-space mask -> native grid (:func:`hcld_bids.preproc.registration.mask_to_native`)."""
 
     input_spec = _MaskToNativeInputSpec
@@ -220,11 +246,11 @@ class _RefineBrainMaskInputSpec(BaseInterfaceInputSpec):
     band_mm = traits.Float(4.0, usedefault=True, desc="band around the template outline to refine")
 
 
-class _RefineBrainMaskOutputSpec(TraitedSpec):
+class _RefineBrainMaskOutputSpec(_TimedOutputSpec):
     out_file = File(exists=True, desc="subject brain mask on the template grid (uint8)")
 
 
-class RefineBrainMask(SimpleInterface):
+class RefineBrainMask(_TimedInterface):
     """Template brain mask refined on the subject (:func:`hcld_bids.preproc.brainmask.refine_brain_mask`)."""
 
     input_spec = _RefineBrainMaskInputSpec
@@ -253,13 +279,13 @@ class _ScaleIntensityInputSpec(BaseInterfaceInputSpec):
     source_file = traits.Str(desc="original T1w, named in error messages")
 
 
-class _ScaleIntensityOutputSpec(TraitedSpec):
+class _ScaleIntensityOutputSpec(_TimedOutputSpec):
     out_file = File(exists=True, desc="T1w scaled to [0, 1] (float32, whole image)")
     low = traits.Float(desc="intensity mapped to 0")
     high = traits.Float(desc="intensity mapped to 1")
 
 
-class ScaleIntensity(SimpleInterface):
+class ScaleIntensity(_TimedInterface):
     """Robust [0, 1] scaling (:mod:`hcld_bids.preproc.intensity`)."""
 
     input_spec = _ScaleIntensityInputSpec
@@ -290,12 +316,12 @@ class _CropToGridInputSpec(BaseInterfaceInputSpec):
     grid_start = traits.Tuple(traits.Int, traits.Int, traits.Int, mandatory=True, desc="window start index")
 
 
-class _CropToGridOutputSpec(TraitedSpec):
+class _CropToGridOutputSpec(_TimedOutputSpec):
     out_file = File(exists=True, desc="brain-only T1w on the model grid (float32)")
     out_mask = File(exists=True, desc="brain mask on the model grid (uint8)")
 
 
-class CropToGrid(SimpleInterface):
+class CropToGrid(_TimedInterface):
     """Brain-only model input: mask, then cut the model window (:mod:`hcld_bids.preproc.grid`)."""
 
     input_spec = _CropToGridInputSpec

@@ -96,9 +96,10 @@ COLUMNS = {
     "own_anatomy": "yes: of all inputs of the group, the harmonized image is most like its own (rank correlation of "
                    "its 4 mm brain blocks); no: it is more like another participant's input (it lost its anatomy); "
                    "n/a: not computed.",
-    "runtime_preprocessing_s": "Wall time of preprocessing in seconds (sidecar HCLD.WallTimeSeconds).",
+    "runtime_preprocessing_s": "Wall time of preprocessing in seconds, the sum of its steps' own times (sidecar "
+                               "HCLD.WallTimeSeconds; a step reused from the work directory counts its first run).",
     "runtime_harmonization_s": "Wall time of harmonization in seconds.",
-    "runtime_total_s": "Sum of the known wall times in seconds.",
+    "runtime_total_s": "Preprocessing plus harmonization wall time in seconds (those known).",
     "flags": "QC flags separated by ';' (n/a: none): " + ", ".join(
         [*metrics.QC_FLAGS, FLAG_OUTLIER, FLAG_NOT_OWN, "missing-harmonized", "missing-preproc", "missing-mask",
          "missing-sidecar", "missing-qc", "unreadable"]) + ".",
@@ -130,7 +131,8 @@ def _row(output_dir: Path, record: ImageRecord) -> dict:
     hcld = record.hcld
     qc = record.qc or {}
     walltime = hcld.get("WallTimeSeconds") or {}
-    known = [_finite(v) for v in walltime.values() if v is not None]
+    # encode/inversion/sampling/decode are parts of "harmonization"; the total is preprocessing + harmonization
+    known = [_finite(walltime.get(k)) for k in ("preprocessing", "harmonization") if walltime.get(k) is not None]
     known = [v for v in known if math.isfinite(v)]
     return {
         "participant_id": f"sub-{record.subject}",

@@ -37,7 +37,16 @@ OUTPUT_FIELDS = [
     "scale_high",         # intensity mapped to 1
     "native_ref",         # native grid: the validated T1w reoriented to RAS
     "t1w_n4_native",      # native grid: bias-corrected T1w (float32)
+    "preprocessing_seconds",  # wall time of the steps above, summed (each step's own, also when reused)
 ]
+
+#: The preprocessing nodes whose ``seconds`` add up to ``preprocessing_seconds``.
+_TIMED_NODES = ("validate", "n4_head", "register", "mask_first", "mask_first_native", "n4_brain", "to_template",
+                "brain_mask", "brain_mask_native", "scale", "crop")
+
+
+def _sum_seconds(**seconds) -> float:
+    return round(float(sum(seconds.values())), 3)
 
 #: Rough memory peaks (GB) of the ANTs steps at TemplateFlow resolutions 1 and 2 (>= 2).
 _MEM_GB = {1: {"n4": 2.0, "reg": 3.0, "resample": 1.5, "mask": 1.0},
@@ -153,6 +162,13 @@ def init_anat_preproc_wf(*, template: str, resolution: int, grid: GridSpec,
     crop = pe.Node(CropToGrid(grid_shape=grid.shape, grid_start=grid.start), name="crop",
                    mem_gb=mem["mask"])
 
+    timing = pe.Node(niu.Function(function=_sum_seconds, input_names=list(_TIMED_NODES),
+                                  output_names=["seconds"]), name="preprocessing_time", run_without_submitting=True)
+    nodes = {"validate": validate, "n4_head": n4_head, "register": register, "mask_first": mask_first,
+             "mask_first_native": mask_first_native, "n4_brain": n4_brain, "to_template": to_template,
+             "brain_mask": brain_mask, "brain_mask_native": brain_mask_native, "scale": scale, "crop": crop}
+    workflow.connect([(nodes[name], timing, [("seconds", name)]) for name in _TIMED_NODES])
+    workflow.connect(timing, "seconds", outputnode, "preprocessing_seconds")
     workflow.connect([
         (inputnode, validate, [("t1w", "in_file")]),
         (inputnode, scale, [("t1w", "source_file")]),

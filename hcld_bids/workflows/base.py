@@ -53,7 +53,7 @@ def _subject_execution(config, subject: str) -> dict:
     }
 
 
-def _provenance(static, style, device, wall_time, timings, low, high):
+def _provenance(static, style, device, wall_time, timings, low, high, preprocessing=None):
     """The "HCLD" block of the harmonized image's sidecar."""
     block = dict(static)
     block["StylePrototype"] = style
@@ -62,6 +62,8 @@ def _provenance(static, style, device, wall_time, timings, low, high):
     scaling.update({"low": float(low), "high": float(high)})
     block["IntensityScaling"] = scaling
     block["WallTimeSeconds"] = {"harmonization": float(wall_time), **{k: float(v) for k, v in timings.items()}}
+    if preprocessing is not None:
+        block["WallTimeSeconds"]["preprocessing"] = float(preprocessing)
     return block
 
 
@@ -124,7 +126,7 @@ def static_provenance(config, model, record, device: str) -> dict:
 
 #: Anatomical results the steps after the preprocessing use (fields of the anatomical workflow's outputnode).
 _ANAT_RESULTS = ["model_t1w", "model_mask", "native_ref", "xfm_tpl2t1w", "xfm_t1w2tpl", "t1w_preproc", "brain_mask",
-                 "scale_low", "scale_high"]
+                 "scale_low", "scale_high", "preprocessing_seconds"]
 
 
 def _add_after_preprocessing(workflow, config, model, record, device: str, inputnode, anat, prefix: str,
@@ -150,7 +152,8 @@ def _add_after_preprocessing(workflow, config, model, record, device: str, input
     qc = init_qc_wf(model=model, target_site=config.workflow.target_site)
     xfm = pe.Node(ItkTransform(), name="itk_xfm", mem_gb=0.1)
     provenance = pe.Node(niu.Function(
-        function=_provenance, input_names=["static", "style", "device", "wall_time", "timings", "low", "high"],
+        function=_provenance, input_names=["static", "style", "device", "wall_time", "timings", "low", "high",
+                                       "preprocessing"],
         output_names=["provenance"]), name="provenance", run_without_submitting=True)
     provenance.inputs.static = static_provenance(config, model, record, device)
     outputs = init_outputs_wf(output_dir=config.execution.output_dir, bids_dir=config.execution.bids_dir,
@@ -170,7 +173,8 @@ def _add_after_preprocessing(workflow, config, model, record, device: str, input
         (anat, xfm, [(a("xfm_t1w2tpl"), "in_file")]),
         (harm, provenance, [("outputnode.style", "style"), ("outputnode.device", "device"),
                             ("outputnode.wall_time", "wall_time"), ("outputnode.timings", "timings")]),
-        (anat, provenance, [(a("scale_low"), "low"), (a("scale_high"), "high")]),
+        (anat, provenance, [(a("scale_low"), "low"), (a("scale_high"), "high"),
+                            (a("preprocessing_seconds"), "preprocessing")]),
         (inputnode, outputs, [("t1w", "inputnode.source_file")]),
         (anat, outputs, [(a("t1w_preproc"), "inputnode.t1w_preproc"), (a("brain_mask"), "inputnode.brain_mask")]),
         (harm, outputs, [("outputnode.harmonized_template", "inputnode.harmonized_template"),
