@@ -32,10 +32,12 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import functools
 import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -96,14 +98,41 @@ def load_pack(pack: Path):
     return volumes, masks, [str(s) for s in data["sites"]], labels
 
 
-def site_augment(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Stage-1 augmentation: re-render the volume at one of the four simulated sites (half of the draws) or
-    at a random new site (:func:`hcld_bids.simulate.random_site`)."""
+def site_augment(volume: np.ndarray, rng: np.random.Generator, exclude: Sequence[str] = ()) -> np.ndarray:
+    """Stage-1 augmentation: re-render the volume at one of the four simulated sites but ``exclude`` (half of
+    the draws) or at a random new site (:func:`hcld_bids.simulate.random_site`)."""
     from hcld_bids.simulate import SITES, random_site, restyle_model_volume
 
-    names = sorted(SITES)
+    names = sorted(set(SITES) - set(exclude))
     effect = SITES[names[int(rng.integers(len(names)))]] if rng.random() < 0.5 else random_site("augment", rng)
     return restyle_model_volume(volume, effect, rng)
+
+
+def exclude_sites(volumes, masks, sites, labels, base: dict, exclude: Sequence[str]):
+    """Drop every image of the ``exclude`` sites from a loaded pack and from its manifest base (for a
+    leave-one-site-out model: ``--exclude-site``). Unknown site names are an error."""
+    if not exclude:
+        return volumes, masks, sites, labels, base
+    unknown = sorted(set(exclude) - set(sites))
+    if unknown:
+        raise SystemExit(f"--exclude-site {' '.join(unknown)}: not a site of the pack (sites: "
+                         f"{', '.join(sorted(set(sites)))})")
+    keep = [i for i, s in enumerate(sites) if s not in set(exclude)]
+    if not keep:
+        raise SystemExit("--exclude-site leaves no training image")
+    base = copy.deepcopy(base)
+    for name in exclude:
+        base.get("sites", {}).pop(name, None)
+        base.get("training", {}).get("data", {}).get("sites", {}).pop(name, None)
+    data = base.get("training", {}).get("data")
+    if data is not None:
+        data["n_images"] = data["n_participants"] = len(keep)
+        data["excluded_sites"] = sorted(exclude)
+    if "subjects" in base.get("training", {}):
+        kept = {labels[i].split("_")[0].removeprefix("sub-") for i in keep}
+        base["training"]["subjects"] = [s for s in base["training"]["subjects"] if s in kept]
+    pick = (lambda xs: [xs[i] for i in keep])
+    return pick(volumes), pick(masks), pick(sites), pick(labels), base
 
 
 # ----------------------------------------------------------------------------------------------- state
@@ -285,8 +314,10 @@ def run(args) -> int:
         raise SystemExit(f"{state.recipe_path} exists: the recipe is fixed for a state; use --fresh (or another "
                          f"--state) to train another recipe")
     recipe = state.recipe()
-    volumes, masks, sites, _ = load_pack(args.pack)
+    volumes, masks, sites, labels = load_pack(args.pack)
     base = json.loads((Path(args.pack) / "manifest_base.json").read_text())
+    volumes, masks, sites, _, base = exclude_sites(volumes, masks, sites, labels, base, args.exclude_site)
+    augment = functools.partial(site_augment, exclude=tuple(args.exclude_site))
     val_volumes, val_masks, val_sites, _ = load_pack(args.val_pack) if args.val_pack else ([], [], [], [])
     if args.val_limit:
         val_volumes, val_masks, val_sites = (v[: args.val_limit] for v in (val_volumes, val_masks, val_sites))
@@ -294,7 +325,7 @@ def run(args) -> int:
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     print(f"{len(volumes)} training volumes {volumes[0].shape} from {len(set(sites))} sites; {len(val_volumes)} "
           f"held-out; device {dev_name}; budget {args.minutes:g} min; state {state.root}", flush=True)
-    run_info = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "device": dev_name,
+    run_info = {"command": " ".join([Path(__file__).name, *getattr(args, "argv", sys.argv[1:])]), "device": dev_name,
                 "batch_scale": args.batch_scale, "minutes_budget": args.minutes,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     reserve = 60.0 * args.reserve_minutes  # time kept for the prototypes, the bundle and the last evaluation
@@ -309,7 +340,7 @@ def run(args) -> int:
         t0 = time.monotonic()
         ae_result = train_autoencoder(volumes, ae_cfg, wd1, device=device, stop_after_steps=chunk,
                                       time_limit_s=max(1.0, deadline - reserve - time.monotonic()),
-                                      augment=site_augment)
+                                      augment=augment)
         wall = state.wall_seconds("stage1") + time.monotonic() - t0
         step = checkpoint_step(wd1)
         row = {"stage": "stage1", "step": step, "wall_s": round(wall, 1), "device": dev_name,
@@ -328,7 +359,7 @@ def run(args) -> int:
     if stage2_ready and (2 in args.stages or args.bundle):
         if ae_result is None:  # rebuild the final autoencoder (EMA) from the checkpoint without training
             ae_result = train_autoencoder(volumes, ae_cfg, wd1, device=device, stop_after_steps=0,
-                                          augment=site_augment)
+                                          augment=augment)
         ae, sf = ae_result.autoencoder, ae_result.scale_factor
         eval2 = int(recipe["eval_every"]["stage2"])
         val_latents = None
@@ -394,11 +425,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a new state's recipe changes, e.g. '{\"stage1\": {\"steps\": 100}}'")
     ap.add_argument("--progress", action="store_true", help="progress bars")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--exclude-site", nargs="+", default=[], metavar="SITE",
+                    help="leave these sites' images out of training (and out of the stage-1 site augmentation): "
+                         "a leave-one-site-out model, e.g. for benchmarks/quality_reference_loso.py")
     return ap
 
 
 def main(argv=None) -> int:
-    return run(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the record names this run's own arguments
+    return run(args)
 
 
 if __name__ == "__main__":

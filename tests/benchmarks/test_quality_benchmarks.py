@@ -346,3 +346,70 @@ def test_structure_threshold_on_prepared_heads(tmp_path, templateflow_home):
         assert 0 <= values[6] <= values[8] <= 1  # Dice
     assert table["damage: shift 4mm"][1] < table["honest: noise 0.05"][1]
     assert "thresholds: SP <" in stdout
+
+
+# ------------------------------------------------------------------ quality_reference_loso.py, quality_ceiling.py
+
+def test_reference_loso_scores_an_unseen_site_reference_and_refuses_a_bundle_that_saw_it(simulated_setting,
+                                                                                           tmp_path):
+    """A bundle with siteA only harmonizes siteA images toward a reference of siteB (another head); the
+    table has every method on every (head, reference) pair; a bundle that has siteB is refused."""
+    from hcld_bids.model import compute_site_prototype, save_bundle
+
+    ae, unet = _tiny_models()
+    inputs = simulated_setting / "inputs"
+    vols = [np.asarray(nib.load(p).dataobj, np.float32) for p in sorted(inputs.glob("*_ses-siteA_t1w.nii.gz"))]
+    masks = [np.asarray(nib.load(p).dataobj) > 0 for p in sorted(inputs.glob("*_ses-siteA_mask.nii.gz"))]
+    save_bundle(tmp_path / "loso", ae, unet, 1.0, {"siteA": compute_site_prototype(ae, vols, 1.0)},
+                {"sites": {"siteA": {"intensity_histogram": _site_histogram(vols, masks), "n_images": 2}}})
+    out = tmp_path / "out"
+    stdout = _run([BENCH / "quality_reference_loso.py", "--inputs", inputs, "--bundle", tmp_path / "loso",
+                   "--left-out", "siteB", "--bundle-seen", simulated_setting / "bundle", "--out", out])
+    rows = _read_tsv(out / "pairs.tsv")
+    methods = ["input", "histmatch_ref", "hcld_ref", "hcld_ref_seen", "hcld_site_seen"]
+    assert {(r["method"], r["pair"]) for r in rows} == {
+        (m, p) for m in methods for p in ("h1:siteA:h2", "h2:siteA:h1")}
+    _finite(rows, ["ssim", "w1_same_head", "w1_site", "structure_preservation"])
+    hm = [r for r in rows if r["method"] == "histmatch_ref"]
+    assert all(float(r["w1_site"]) < 0.02 for r in hm)  # matched onto the reference's histogram
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["left_out"] == "siteB" and summary["pairs"] == 2
+    worse = summary["summary"]["hcld_ref"]
+    diffs = [float(r["ssim"]) - float(i["ssim"]) for r in rows if r["method"] == "hcld_ref"
+             for i in rows if i["method"] == "input" and i["pair"] == r["pair"]]
+    assert worse["worst_difference"] == pytest.approx(min(diffs), abs=1e-4)
+    assert worse["share_worse"] == pytest.approx(np.mean(np.array(diffs) < 0))
+    assert "| hcld_ref |" in stdout
+    proc = subprocess.run([sys.executable, BENCH / "quality_reference_loso.py", "--inputs", inputs, "--bundle",
+                           simulated_setting / "bundle", "--left-out", "siteB", "--out", tmp_path / "o2"],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+    assert proc.returncode != 0 and "trained with that site" in proc.stderr
+
+
+def test_ceiling_scores_a_rescan_against_the_original(simulated_setting, tmp_path):
+    """An identical rescan scores SSIM 1 and W1 0; a noisier one less; per-site rows and the methods of a
+    pairs.tsv are set beside them."""
+    import shutil
+
+    inputs = simulated_setting / "inputs"
+    rescan = tmp_path / "rescan"
+    rescan.mkdir()
+    for path in inputs.glob("sub-h1_*"):
+        shutil.copy(path, rescan / path.name)
+    img = nib.load(inputs / "sub-h1_ses-siteA_t1w.nii.gz")
+    noisy = np.asarray(img.dataobj, np.float32)
+    noisy = np.clip(noisy + np.random.default_rng(0).normal(0, 0.05, noisy.shape) * (noisy > 0), 0, 1)
+    nib.save(nib.Nifti1Image(noisy.astype(np.float32), img.affine), rescan / "sub-h1_ses-siteA_t1w.nii.gz")
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("method\tsubject\tsource\ttarget\tssim\nhcld\th1\tsiteB\tsiteA\t0.5\nhcld\th1\tsiteA\tsiteB\t0.7\n")
+    out = tmp_path / "out"
+    stdout = _run([BENCH / "quality_ceiling.py", "--inputs", inputs, "--rescan", rescan, "--out", out,
+                   "--pairs", pairs])
+    rows = {(r["subject"], r["site"]): r for r in _read_tsv(out / "rescan.tsv")}
+    assert set(rows) == {("h1", "siteA"), ("h1", "siteB")}  # h2 has no rescan
+    assert float(rows["h1", "siteB"]["ssim"]) == pytest.approx(1.0, abs=1e-6)
+    assert float(rows["h1", "siteB"]["w1_same_head"]) == pytest.approx(0.0, abs=1e-9)
+    assert float(rows["h1", "siteA"]["ssim"]) < 0.95
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods_ssim_by_target"] == {"hcld": {"siteA": 0.5, "siteB": 0.7}}
+    assert "| siteA |" in stdout and "| all |" in stdout

@@ -148,3 +148,44 @@ def test_gpu_session_runs_on_the_cpu_at_a_tiny_size(packs, trained, tmp_path):
     assert "ours" in (out / "speed.txt").read_text().lower()
     # the session's run is recorded in the state it returns, the repository's copy is untouched
     assert len(json.loads((trained["state"] / "record.json").read_text())["runs"]) == 2
+
+
+def test_exclude_site_drops_the_site_from_the_pack_the_manifest_and_the_augmentation(packs):
+    volumes, masks, sites, labels = train_demo.load_pack(packs[0])
+    base = json.loads((packs[0] / "manifest_base.json").read_text())
+    base["training"]["subjects"] = ["a", "b"]
+    v, m, s, lab, new = train_demo.exclude_sites(volumes, masks, sites, labels, base, ["siteB"])
+    assert s == ["siteA", "siteA"] and lab == ["sub-a_ses-siteA", "sub-b_ses-siteA"] and len(v) == len(m) == 2
+    assert set(new["sites"]) == {"siteA"} and set(new["training"]["data"]["sites"]) == {"siteA"}
+    assert new["training"]["data"]["n_images"] == 2 and new["training"]["data"]["excluded_sites"] == ["siteB"]
+    assert set(base["sites"]) == {"siteA", "siteB"}  # the loaded manifest is not changed in place
+    assert train_demo.exclude_sites(volumes, masks, sites, labels, base, []) == (volumes, masks, sites, labels, base)
+    with pytest.raises(SystemExit, match="not a site of the pack"):
+        train_demo.exclude_sites(volumes, masks, sites, labels, base, ["siteZ"])
+    with pytest.raises(SystemExit, match="leaves no training image"):
+        train_demo.exclude_sites(volumes, masks, sites, labels, base, ["siteA", "siteB"])
+
+
+def test_site_augmentation_never_renders_an_excluded_site(monkeypatch):
+    import hcld_bids.simulate as simulate
+
+    drawn = []
+    monkeypatch.setattr(simulate, "restyle_model_volume", lambda vol, effect, rng: drawn.append(effect.name) or vol)
+    rng = np.random.default_rng(0)
+    vol = np.zeros((4, 4, 4), np.float32)
+    for _ in range(200):
+        train_demo.site_augment(vol, rng, exclude=("siteD",))
+    named = {n for n in drawn if n in simulate.SITES}
+    assert named == {"siteA", "siteB", "siteC"} and len(drawn) == 200
+
+
+@pytest.mark.slow
+def test_train_demo_exclude_site_writes_a_bundle_without_that_site(packs, tmp_path):
+    code = train_demo.main(["--pack", str(packs[0]), "--state", str(tmp_path / "state"), "--tiny", "--threads", "1",
+                            "--reserve-minutes", "0", "--minutes", "5", "--exclude-site", "siteB",
+                            "--bundle", str(tmp_path / "bundle")])
+    assert code == 0
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert set(manifest["sites"]) == {"siteA"}
+    assert manifest["training"]["data"]["excluded_sites"] == ["siteB"]
+    assert "--exclude-site siteB" in json.loads((tmp_path / "state" / "record.json").read_text())["runs"][0]["command"]
