@@ -94,7 +94,10 @@ def main(argv=None) -> int:
         raise SystemExit(f"{args.bundle} has a prototype of {args.left_out}: it was trained with that site")
     seen = Harmonizer(load_bundle(args.bundle_seen, device=args.device), device=args.device) \
         if args.bundle_seen else None
-    pairs = reference_pairs(images, args.left_out, args.references)
+    try:
+        pairs = reference_pairs(images, args.left_out, args.references)
+    except ValueError as exc:
+        raise SystemExit(f"{args.inputs}: {exc}") from None
     print(f"{len(pairs)} pairs: {len({p[0] for p in pairs})} heads x sources x {args.references} references "
           f"toward {args.left_out}; regime {loso.default_regime.to_dict()}", flush=True)
     rows, t0 = [], time.perf_counter()

@@ -24,7 +24,12 @@ of held-out images for the curve (``--val-pack``). Needs PyTorch, numpy and safe
 GPU node without the neuroimaging stack.
 
     PYTHONPATH=$PWD python scripts/demo_model/train_demo.py --pack PACK --val-pack VALPACK --minutes 60 \
-        [--state scripts/demo_model/state] [--bundle OUT/bundle] [--device cuda] [--batch-scale 8]
+        [--state scripts/demo_model/state] [--bundle OUT/bundle] [--device cuda] [--batch-scale 8] \
+        [--exclude-site siteD]
+
+``--exclude-site`` trains a leave-one-site-out model (for ``benchmarks/quality_reference_loso.py``): the
+site's images and manifest entries are dropped and the stage-1 augmentation never renders it. Give it its own
+``--state``.
 """
 
 from __future__ import annotations

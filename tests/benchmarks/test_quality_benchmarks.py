@@ -384,6 +384,11 @@ def test_reference_loso_scores_an_unseen_site_reference_and_refuses_a_bundle_tha
                            simulated_setting / "bundle", "--left-out", "siteB", "--out", tmp_path / "o2"],
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
     assert proc.returncode != 0 and "trained with that site" in proc.stderr
+    proc = subprocess.run([sys.executable, BENCH / "quality_reference_loso.py", "--inputs", inputs, "--bundle",
+                           tmp_path / "loso", "--left-out", "siteC", "--out", tmp_path / "o3"],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+    assert proc.returncode != 0 and "need at least two subjects with an image at siteC" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_ceiling_scores_a_rescan_against_the_original(simulated_setting, tmp_path):
