@@ -162,13 +162,6 @@ def init_anat_preproc_wf(*, template: str, resolution: int, grid: GridSpec,
     crop = pe.Node(CropToGrid(grid_shape=grid.shape, grid_start=grid.start), name="crop",
                    mem_gb=mem["mask"])
 
-    timing = pe.Node(niu.Function(function=_sum_seconds, input_names=list(_TIMED_NODES),
-                                  output_names=["seconds"]), name="preprocessing_time", run_without_submitting=True)
-    nodes = {"validate": validate, "n4_head": n4_head, "register": register, "mask_first": mask_first,
-             "mask_first_native": mask_first_native, "n4_brain": n4_brain, "to_template": to_template,
-             "brain_mask": brain_mask, "brain_mask_native": brain_mask_native, "scale": scale, "crop": crop}
-    workflow.connect([(nodes[name], timing, [("seconds", name)]) for name in _TIMED_NODES])
-    workflow.connect(timing, "seconds", outputnode, "preprocessing_seconds")
     workflow.connect([
         (inputnode, validate, [("t1w", "in_file")]),
         (inputnode, scale, [("t1w", "source_file")]),
@@ -201,4 +194,8 @@ def init_anat_preproc_wf(*, template: str, resolution: int, grid: GridSpec,
         (validate, outputnode, [("out_file", "native_ref")]),
         (n4_brain, outputnode, [("out_file", "t1w_n4_native")]),
     ])
+    timing = pe.Node(niu.Function(function=_sum_seconds, input_names=list(_TIMED_NODES),
+                                  output_names=["seconds"]), name="preprocessing_time", run_without_submitting=True)
+    workflow.connect([(workflow.get_node(name), timing, [("seconds", name)]) for name in _TIMED_NODES])
+    workflow.connect(timing, "seconds", outputnode, "preprocessing_seconds")
     return workflow
