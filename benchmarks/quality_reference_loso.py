@@ -17,6 +17,10 @@ sorted order, cyclically), methods:
 - ``hcld_ref``: :class:`hcld_bids.model.harmonize.Harmonizer` of the leave-one-site-out bundle
   (``--bundle``) toward :meth:`~hcld_bids.model.harmonize.Harmonizer.style_from_volume` of the reference,
   under the bundle's own inference regime (what ``--reference-image`` runs);
+- ``hcld_ref_cal<W>`` (one per ``--reference-calibration W``): the same harmonization without its
+  calibration, then calibrated onto the reference's histogram with weight ``W``
+  (:func:`hcld_bids.model.harmonize.calibrate`, what the regime's ``reference_calibration`` does): the
+  sweep that chose that setting;
 - ``hcld_ref_seen`` and ``hcld_site_seen`` (with ``--bundle-seen``, a bundle trained with every site): the
   same reference through a model that did see the site, and that model's stored prototype of the site
   (what leaving the site out costs).
@@ -28,7 +32,8 @@ SSIM to the same head is below the input's, and the worst such difference ("neve
 Writes ``pairs.tsv``, ``summary.json`` under ``--out`` and prints a markdown table.
 
     PYTHONPATH=$PWD python benchmarks/quality_reference_loso.py --inputs HELDOUT --bundle LOSO_BUNDLE \
-        --left-out siteD --out DIR [--bundle-seen hcld_bids/data/models/demo] [--references 2]
+        --left-out siteD --out DIR [--bundle-seen hcld_bids/data/models/demo] [--references 2] \
+        [--reference-calibration 0 0.25 0.5 0.75 1]
 """
 
 from __future__ import annotations
@@ -81,13 +86,19 @@ def main(argv=None) -> int:
     ap.add_argument("--left-out", required=True, help="the site the bundle never saw (the target)")
     ap.add_argument("--bundle-seen", type=Path, default=None, help="a bundle trained with every site")
     ap.add_argument("--references", type=int, default=2, help="reference heads per source image")
+    ap.add_argument("--reference-calibration", type=float, nargs="+", default=[], metavar="W",
+                    help="also score the calibration onto the reference with these weights in [0, 1]")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
 
     from hcld_bids.model.bundle import load_bundle
-    from hcld_bids.model.harmonize import Harmonizer, brain_histogram, match_histogram
+    from dataclasses import replace
 
+    from hcld_bids.model.harmonize import Harmonizer, brain_histogram, calibrate, match_histogram
+
+    if any(not 0.0 <= w <= 1.0 for w in args.reference_calibration):
+        raise SystemExit(f"--reference-calibration weights must be in [0, 1], got {args.reference_calibration}")
     images = load_inputs(args.inputs)
     loso = Harmonizer(load_bundle(args.bundle, device=args.device), device=args.device)
     if args.left_out in loso.bundle.prototypes:
@@ -110,6 +121,13 @@ def main(argv=None) -> int:
         outputs = {"input": inp.copy(), "histmatch_ref": match_histogram(inp, mask, edges, density)}
         outputs["histmatch_ref"][~mask] = 0.0
         outputs["hcld_ref"] = loso.harmonize(inp, loso.style_from_volume(ref), mask=mask)
+        if args.reference_calibration:
+            raw = loso.harmonize(inp, loso.style_from_volume(ref), mask=mask,
+                                 regime=replace(loso.default_regime, calibrate=False))
+            for w in args.reference_calibration:
+                out = calibrate(raw, mask, (edges, density), w)
+                out[~mask] = 0.0
+                outputs[f"hcld_ref_cal{w:g}"] = out
         if seen is not None:
             outputs["hcld_ref_seen"] = seen.harmonize(inp, seen.style_from_volume(ref), mask=mask)
             outputs["hcld_site_seen"] = seen.harmonize(inp, seen.style_from_site(args.left_out), mask=mask)

@@ -25,7 +25,10 @@ Regimes (``Regime.kind``), ``t* = round(strength * (T - 1))`` on the training sc
 
 ``detail`` re-injects the input's high frequencies that the autoencoder loses, ``x - D(E(x))`` times the
 gain; ``calibrate`` maps the output's brain intensities by quantiles onto the target's histogram (the site's
-stored training histogram, or the reference image's own).
+stored training histogram, or the reference image's own). A site's histogram averages many heads; a reference
+image's is one head's, and carries that head's tissue proportions as well as its scanner, so toward a
+reference the calibrated output is blended with the uncalibrated one, ``(1 - w) * out + w * calibrated`` with
+``w = reference_calibration`` (1: full calibration, as toward a site).
 
 Cost decisions: a target style is encoded once and cached (by the sha256 of the reference volume); a site
 prototype needs no encoding at all; only the final latent is decoded; on CPU the networks run in
@@ -80,6 +83,8 @@ class Regime:
         inversion_steps / sampling_steps: UNet calls of each half (sdedit only samples).
         detail: gain of the re-injected input detail ``x - D(E(x))`` (0: none).
         calibrate: quantile-map the output's brain intensities onto the target's histogram.
+        reference_calibration: weight ``w`` in [0, 1] of that calibration when the target is a reference image
+            (``(1 - w) * out + w * calibrated``); a site's calibration is always full.
         z0_clip: clamp each clean-latent estimate to ``[-z0_clip, z0_clip]`` (full, dual, sdedit).
         readapt_condition: before every UNet call replace the condition by ``AdaIN(condition, z)``.
     """
@@ -90,6 +95,7 @@ class Regime:
     sampling_steps: int = 10
     detail: float = 0.0
     calibrate: bool = False
+    reference_calibration: float = 1.0
     z0_clip: float | None = None
     readapt_condition: bool = False
 
@@ -102,6 +108,8 @@ class Regime:
             raise ValueError("inversion_steps and sampling_steps must be at least 1")
         if self.detail < 0:
             raise ValueError(f"detail gain must be non-negative, got {self.detail}")
+        if not 0.0 <= float(self.reference_calibration) <= 1.0:
+            raise ValueError(f"reference_calibration must be in [0, 1], got {self.reference_calibration}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,6 +180,15 @@ class Style:
     channel_std: torch.Tensor
     source: str
     histogram: tuple | None = None
+
+
+def calibrate(vol: np.ndarray, mask: np.ndarray, histogram, weight: float = 1.0) -> np.ndarray:
+    """The calibration step: ``vol`` with its intensities inside ``mask`` quantile-mapped onto ``histogram``
+    (``(edges, density)``), blended as ``(1 - weight) * vol + weight * mapped`` (weight 1: the mapped image)."""
+    mapped = match_histogram(vol, mask, *histogram)
+    if weight >= 1.0:
+        return mapped
+    return ((1.0 - weight) * np.asarray(vol, np.float32) + weight * mapped).astype(np.float32)
 
 
 def _volume_sha256(vol: np.ndarray) -> str:
@@ -583,7 +600,8 @@ class Harmonizer:
             mask = masks[i] if masks is not None and masks[i] is not None else None
             if regime.calibrate:
                 brain = (arrays[i] > 0) if mask is None else (mask > 0)
-                arr = match_histogram(arr, brain, *style.histogram)
+                weight = float(regime.reference_calibration) if style.source.startswith("reference:") else 1.0
+                arr = calibrate(arr, brain, style.histogram, weight)
             if mask is not None:
                 arr[mask <= 0] = 0.0
             results.append(arr)

@@ -63,8 +63,9 @@ def inference_regime(manifest: dict, workflow_config=None) -> dict:
     return regime.to_dict()
 
 
-def regime_description(regime: dict) -> str:
-    """One sentence of methods text saying what the diffusion model did under ``regime``."""
+def regime_description(regime: dict, reference: bool = False) -> str:
+    """One sentence of methods text saying what the diffusion model did under ``regime`` (toward a reference
+    image when ``reference``: its calibration may be partial)."""
     kind, strength = regime["kind"], float(regime["strength"])
     t_frac = f"{strength:g} of the diffusion"
     if kind == "sdedit":
@@ -92,7 +93,9 @@ def regime_description(regime: dict) -> str:
         extras.append("the image detail the autoencoder does not reproduce (the input minus its "
                       "reconstruction) was added back")
     if regime.get("calibrate"):
-        extras.append("the brain intensities were mapped by quantiles onto the target's intensity histogram")
+        weight = float(regime.get("reference_calibration", 1.0)) if reference else 1.0
+        extras.append("the brain intensities were mapped by quantiles onto the target's intensity histogram"
+                      + (f" (blended with the unmapped image, weight {weight:g} on the mapped one)" if weight < 1 else ""))
     return text + ("; after decoding, " + " and ".join(extras) if extras else "")
 
 
@@ -101,7 +104,7 @@ def _desc(target_site: str | None, regime: dict) -> str:
     return (
         f"The preprocessed brain was harmonized toward {target} with HCLD [@hcld]: it was encoded by a 3D "
         "autoencoder into a latent map, whose channel statistics were matched to those of the target style "
-        f"(AdaIN [@adain]), {regime_description(regime)}; it was decoded back into an image."
+        f"(AdaIN [@adain]), {regime_description(regime, reference=not target_site)}; it was decoded back into an image."
     )
 
 

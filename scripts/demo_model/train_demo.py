@@ -69,9 +69,10 @@ RECIPE = {
                "lr_min_ratio": 0.05, "checkpoint_every": 250, "latent_crop": 32, "timestep_focus": 250,
                "timestep_focus_prob": 0.75},
     # chosen on the validation heads (benchmarks/RESULTS.md, "Inference regimes"): dual conditions (DDIB) to 10 %
-    # of the diffusion, 0.75 of the lost detail added back, the brain histogram calibrated to the target's
+    # of the diffusion, 0.75 of the lost detail added back, the brain histogram calibrated to the target's (half
+    # way toward a reference image's: "A reference image from a site the model never saw")
     "inference": {"kind": "dual", "strength": 0.1, "inversion_steps": 10, "sampling_steps": 10, "detail": 0.75,
-                  "calibrate": True},
+                  "calibrate": True, "reference_calibration": 0.5},
     "eval_every": {"stage1": 250, "stage2": 500},
 }
 

@@ -364,14 +364,21 @@ def test_reference_loso_scores_an_unseen_site_reference_and_refuses_a_bundle_tha
                 {"sites": {"siteA": {"intensity_histogram": _site_histogram(vols, masks), "n_images": 2}}})
     out = tmp_path / "out"
     stdout = _run([BENCH / "quality_reference_loso.py", "--inputs", inputs, "--bundle", tmp_path / "loso",
-                   "--left-out", "siteB", "--bundle-seen", simulated_setting / "bundle", "--out", out])
+                   "--left-out", "siteB", "--bundle-seen", simulated_setting / "bundle", "--out", out,
+                   "--reference-calibration", "0", "1"])
     rows = _read_tsv(out / "pairs.tsv")
-    methods = ["input", "histmatch_ref", "hcld_ref", "hcld_ref_seen", "hcld_site_seen"]
+    methods = ["input", "histmatch_ref", "hcld_ref", "hcld_ref_cal0", "hcld_ref_cal1", "hcld_ref_seen",
+               "hcld_site_seen"]
     assert {(r["method"], r["pair"]) for r in rows} == {
         (m, p) for m in methods for p in ("h1:siteA:h2", "h2:siteA:h1")}
     _finite(rows, ["ssim", "w1_same_head", "w1_site", "structure_preservation"])
     hm = [r for r in rows if r["method"] == "histmatch_ref"]
     assert all(float(r["w1_site"]) < 0.02 for r in hm)  # matched onto the reference's histogram
+    by = {(r["method"], r["pair"]): r for r in rows}
+    for pair in ("h1:siteA:h2", "h2:siteA:h1"):
+        # this bundle's regime does not calibrate: weight 0 is its output, weight 1 the reference's histogram
+        assert float(by[("hcld_ref_cal0", pair)]["ssim"]) == pytest.approx(float(by[("hcld_ref", pair)]["ssim"]))
+        assert float(by[("hcld_ref_cal1", pair)]["w1_site"]) < 0.02 < float(by[("hcld_ref_cal0", pair)]["w1_site"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["left_out"] == "siteB" and summary["pairs"] == 2
     worse = summary["summary"]["hcld_ref"]
@@ -389,6 +396,11 @@ def test_reference_loso_scores_an_unseen_site_reference_and_refuses_a_bundle_tha
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
     assert proc.returncode != 0 and "need at least two subjects with an image at siteC" in proc.stderr
     assert "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, BENCH / "quality_reference_loso.py", "--inputs", inputs, "--bundle",
+                           tmp_path / "loso", "--left-out", "siteB", "--out", tmp_path / "o4",
+                           "--reference-calibration", "1.5"],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+    assert proc.returncode != 0 and "must be in [0, 1]" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_ceiling_scores_a_rescan_against_the_original(simulated_setting, tmp_path):

@@ -105,6 +105,27 @@ def test_calibration_without_a_histogram_is_a_clear_error(tmp_path, tiny_models)
         h.harmonize(_volume(), h.style_from_site("A"), regime=Regime(kind="adain", calibrate=True))
 
 
+def test_reference_calibration_blends_toward_a_reference_and_not_toward_a_site(bundle_dir):
+    h = Harmonizer(load_bundle(bundle_dir))
+    mask = _volume() > 0
+    ref = np.clip(_volume(11) ** 2, 0, 1)
+
+    def run(style, **regime):
+        return h.harmonize(_volume(), style, regime=Regime(kind="adain", detail=0.5, **regime), mask=mask)
+
+    for style in (h.style_from_volume(ref), h.style_from_site("A")):
+        raw, full = run(style), run(style, calibrate=True)
+        half = run(style, calibrate=True, reference_calibration=0.5)
+        none = run(style, calibrate=True, reference_calibration=0.0)
+        assert not np.allclose(raw, full, atol=1e-3)
+        if style.source.startswith("reference:"):
+            np.testing.assert_allclose(half, 0.5 * raw + 0.5 * full, atol=1e-5)
+            np.testing.assert_allclose(none, raw, atol=1e-6)
+        else:  # a site's histogram averages many heads: its calibration is always full
+            np.testing.assert_array_equal(half, full)
+            np.testing.assert_array_equal(none, full)
+
+
 def test_reference_style_carries_its_own_histogram(bundle_dir):
     h = Harmonizer(load_bundle(bundle_dir))
     ref = _volume(11) * 0.5
@@ -126,7 +147,8 @@ def test_match_histogram_keeps_order_and_outside():
 
 
 @pytest.mark.parametrize("bad", [dict(kind="magic"), dict(strength=0.0), dict(strength=1.5),
-                                 dict(sampling_steps=0), dict(detail=-1.0)])
+                                 dict(sampling_steps=0), dict(detail=-1.0), dict(reference_calibration=-0.1),
+                                 dict(reference_calibration=1.5)])
 def test_bad_regimes_are_refused(bad):
     with pytest.raises(ValueError):
         Regime(**bad)

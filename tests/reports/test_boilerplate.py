@@ -109,6 +109,20 @@ def test_reference_image_replaces_the_target_site(tmp_path):
     assert "style of one reference image (/data/ref_T1w.nii.gz)" in text and "site \"" not in text
 
 
+@pytest.mark.parametrize("weight", [0.5, 1.0])
+def test_methods_text_says_when_the_reference_calibration_is_partial(tmp_path, weight):
+    inference = {"kind": "dual", "strength": 0.1, "inversion_steps": 10, "sampling_steps": 10, "detail": 0.75,
+                 "calibrate": True, "reference_calibration": weight}
+    manifest = dict(MANIFEST, inference=inference)
+    ref = " ".join(boilerplate.render_markdown(boilerplate.citation_context(
+        _config(tmp_path, reference_image=Path("/data/ref_T1w.nii.gz")), manifest)).split())
+    site = " ".join(boilerplate.render_markdown(boilerplate.citation_context(
+        _config(tmp_path, target_site="siteA"), manifest)).split())
+    assert "mapped by quantiles onto the target's" in ref and "mapped by quantiles onto the target's" in site
+    assert ("with a weight of 0.5 on the mapped one" in ref) == (weight < 1)
+    assert "blended" not in site
+
+
 def test_text_without_a_manifest_leaves_unknown_numbers_out(tmp_path):
     text = boilerplate.render_markdown(boilerplate.citation_context(_config(tmp_path, target_site="A")))
     assert "None" not in text and "()" not in text and "had been trained" not in text and "The model was" not in text
@@ -185,3 +199,11 @@ def test_methods_text_says_which_inference_regime_ran(tmp_path, inference, flags
         assert "SDEdit" not in text
     if not (inference or {}).get("calibrate"):
         assert "quantiles" not in text
+
+
+def test_workflow_description_says_when_the_reference_calibration_is_partial():
+    from hcld_bids.workflows.harmonization import regime_description
+
+    regime = {"kind": "adain", "strength": 1.0, "calibrate": True, "reference_calibration": 0.5}
+    assert "weight 0.5 on the mapped one" in regime_description(regime, reference=True)
+    assert "weight" not in regime_description(regime) and "quantiles" in regime_description(regime)
