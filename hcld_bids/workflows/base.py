@@ -67,8 +67,9 @@ def _provenance(static, style, device, wall_time, timings, low, high, preprocess
     return block
 
 
-def _regime_provenance(regime: dict) -> dict:
-    """Sidecar keys of the inference regime: its kind, strength, DDIM steps and post-processing."""
+def _regime_provenance(regime: dict, reference: bool = False) -> dict:
+    """Sidecar keys of the inference regime: its kind, strength, DDIM steps and post-processing (toward a
+    reference image when ``reference``: the weight of its calibration)."""
     calls = {"sdedit": (None, regime["sampling_steps"]), "adain": (None, None), "research": (30, 10)}
     inversion, sampling = calls.get(regime["kind"], (regime["inversion_steps"], regime["sampling_steps"]))
     return {
@@ -78,6 +79,10 @@ def _regime_provenance(regime: dict) -> dict:
         "DDIMSamplingSteps": sampling,
         "DetailReinjection": float(regime.get("detail") or 0.0),
         "IntensityCalibration": bool(regime.get("calibrate")),
+        # 1: the brain histogram mapped onto the target's; below 1 (toward a reference image) blended with the
+        # unmapped output
+        "IntensityCalibrationWeight": (float(regime.get("reference_calibration", 1.0)) if reference else 1.0)
+        if regime.get("calibrate") else 0.0,
         "Regime": dict(regime),
     }
 
@@ -108,7 +113,7 @@ def static_provenance(config, model, record, device: str) -> dict:
         # reports say so and show how much it changed
         "SourceIsTarget": bool(config.workflow.target_site) and record.site == config.workflow.target_site,
         "ReferenceImage": str(reference) if reference else None,
-        **_regime_provenance(inference_regime(model.manifest, config.workflow)),
+        **_regime_provenance(inference_regime(model.manifest, config.workflow), reference=bool(reference)),
         "RandomSeed": int(config.workflow.random_seed),
         "RequestedDevice": config.workflow.device,
         "Template": model.template,
