@@ -366,6 +366,8 @@ def main(argv=None) -> int:
     ap.add_argument("--latent-adain", action="store_true",
                     help="also evaluate the ablation latent_adain: decoded latent AdaIN, no diffusion")
     ap.add_argument("--cache", type=Path, help="keep HCLD outputs here as .npy and reuse them")
+    ap.add_argument("--voxel-size-mm", type=float, default=2.0,
+                    help="voxel size of the inputs, for structure preservation (default: the 2 mm model grid)")
     ap.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL",
                     help="use these subjects (default: all, or the first --subjects)")
     ap.add_argument("--chain", action="store_true",
@@ -465,7 +467,7 @@ def main(argv=None) -> int:
                 scores = {}
                 for method, image in outputs.items():
                     row = {"method": method, "subject": sub, "source": source, "target": target,
-                           **image_metrics(image, ref, ref_mask, inp, mask, hist)}
+                           **image_metrics(image, ref, ref_mask, inp, mask, hist, args.voxel_size_mm)}
                     pair_rows.append(row)
                     scores[method] = row["ssim"]
                 print(f"  {sub} {source} -> {target}  SSIM " + "  ".join(f"{m} {v:.3f}" for m, v in scores.items())

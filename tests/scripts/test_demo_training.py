@@ -189,3 +189,31 @@ def test_train_demo_exclude_site_writes_a_bundle_without_that_site(packs, tmp_pa
     assert set(manifest["sites"]) == {"siteA"}
     assert manifest["training"]["data"]["excluded_sites"] == ["siteB"]
     assert "--exclude-site siteB" in json.loads((tmp_path / "state" / "record.json").read_text())["runs"][0]["command"]
+
+
+def test_coarsen_pack_averages_blocks_pads_and_recomputes_the_site_histograms(tmp_path):
+    import coarsen_pack
+
+    src = _pack(tmp_path / "fine")
+    assert coarsen_pack.main([str(src), str(tmp_path / "coarse"), "--pad-to", "24", "32", "24"]) == 0
+    fine_v, fine_m, fine_sites, fine_labels = train_demo.load_pack(src)
+    vols, masks, sites, labels = train_demo.load_pack(tmp_path / "coarse")
+    assert (sites, labels) == (fine_sites, fine_labels)
+    assert vols[0].shape == masks[0].shape == (24, 32, 24)
+    # 32x48x32 -> 16x24x16, centred in 24x32x24: every block mean in the brain, zero in the padding
+    inner = (slice(4, 20), slice(4, 28), slice(4, 20))
+    expected = coarsen_pack.block_mean(fine_v[0] * fine_m[0], 2)
+    expected_mask = coarsen_pack.block_mean(fine_m[0].astype(np.float32), 2) >= 0.5
+    np.testing.assert_array_equal(masks[0][inner], expected_mask)
+    np.testing.assert_allclose(vols[0][inner][expected_mask], expected[expected_mask], atol=1 / 255 + 1e-6)
+    assert not vols[0][~masks[0]].any() and not masks[0][:4].any()
+    base = json.loads((tmp_path / "coarse" / "manifest_base.json").read_text())
+    old = json.loads((src / "manifest_base.json").read_text())
+    assert base["preprocessing"]["grid"]["shape"] == [24, 32, 24] and base["preprocessing"]["resolution"] == 4
+    for site in ("siteA", "siteB"):
+        density = np.asarray(base["sites"][site]["intensity_histogram"]["density"])
+        assert density.sum() > 0 and not np.allclose(density, old["sites"][site]["intensity_histogram"]["density"])
+    with pytest.raises(SystemExit, match="smaller than the coarse grid"):
+        coarsen_pack.main([str(src), str(tmp_path / "c2"), "--pad-to", "8", "8", "8"])
+    with pytest.raises(SystemExit, match="not a pack"):
+        coarsen_pack.main([str(tmp_path), str(tmp_path / "c3")])
