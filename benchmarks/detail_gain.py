@@ -4,7 +4,9 @@
 For every held-out head and ordered pair of sites (source -> target) the source image is encoded, its latent
 AdaIN-fused to the target site's prototype and decoded (``a``); the detail the autoencoder loses is the input
 minus its own reconstruction (``r = x - D(E(x))``). The candidate outputs are ``a + g * r`` for each gain ``g``
-(and ``a`` plus the detail smoothed by a Gaussian of ``--smooth`` voxels), clipped to [0, 1], with the brain
+(and ``a`` plus the detail smoothed by a Gaussian of ``--smooth`` voxels, and with ``--wiener K`` ``a`` plus
+each gain times the detail filtered by a local Wiener filter of K^3 voxels, ``scipy.signal.wiener`` with its
+own noise estimate), clipped to [0, 1], with the brain
 histogram calibrated onto the target site's stored histogram, exactly as
 :class:`hcld_bids.model.harmonize.Harmonizer` does for the ``adain`` regime. Each is compared inside the brain
 with the same head at the target site (SSIM as in ``quality_simulated.py``), beside the input and histogram
@@ -41,12 +43,15 @@ def main(argv=None) -> int:
     ap.add_argument("--bundle", type=Path, default=DEMO_BUNDLE)
     ap.add_argument("--gains", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     ap.add_argument("--smooth", type=float, default=0.7, help="sigma (voxels) of the smoothed-detail variant; 0: none")
+    ap.add_argument("--wiener", type=int, nargs="+", default=[], metavar="K",
+                    help="also the detail Wiener-filtered in K^3 windows, at every gain")
     ap.add_argument("--participant-label", nargs="+", default=None)
     ap.add_argument("--out", type=Path, help="TSV of the table")
     args = ap.parse_args(argv)
 
     import torch
     from scipy import ndimage as ndi
+    from scipy.signal import wiener
 
     from hcld_bids.model.bundle import load_bundle
     from hcld_bids.model.evaluation import masked_ssim
@@ -68,6 +73,7 @@ def main(argv=None) -> int:
                 parts[(sub, site)] = (z, vol - harmonizer.decode(z)[0, 0].cpu().numpy())
     methods = ["input", "histmatch", *[f"g{g:g}" for g in args.gains]] + ([f"smoothed{args.smooth:g}"]
                                                                            if args.smooth else [])
+    methods += [f"wiener{k}_g{g:g}" for k in args.wiener for g in args.gains]
     scores = {}
     for target in sites:
         style = harmonizer.style_from_site(target)
@@ -84,6 +90,11 @@ def main(argv=None) -> int:
                 outs = {"input": inp, "histmatch": match_histogram(inp, mask, *style.histogram)}
                 for g in args.gains:
                     outs[f"g{g:g}"] = match_histogram(np.clip(fused + g * detail, 0, 1), mask, *style.histogram)
+                for k in args.wiener:
+                    filtered = wiener(detail, k)
+                    for g in args.gains:
+                        outs[f"wiener{k}_g{g:g}"] = match_histogram(np.clip(fused + g * filtered, 0, 1), mask,
+                                                                    *style.histogram)
                 if args.smooth:
                     outs[f"smoothed{args.smooth:g}"] = match_histogram(
                         np.clip(fused + ndi.gaussian_filter(detail, args.smooth), 0, 1), mask, *style.histogram)

@@ -213,6 +213,11 @@ def test_detail_gain_sweep_matches_the_harmonizer_adain_regime(simulated_setting
           "--regime", "a1=adain,detail=1,calibrate=true"])
     ssim = [float(r["ssim"]) for r in _read_tsv(q / "pairs.tsv") if r["method"] == "a1"]
     assert float(rows[1]["g1"]) == pytest.approx(float(np.mean(ssim)), abs=1e-5)
+    _run([BENCH / "detail_gain.py", "--inputs", simulated_setting / "inputs", "--bundle",
+          simulated_setting / "bundle", "--gains", "1", "--smooth", "0", "--wiener", "3", "--out", out])
+    wiener_rows = _read_tsv(out)
+    assert list(wiener_rows[0]) == ["pair", "input", "histmatch", "g1", "wiener3_g1"]
+    assert wiener_rows[0]["g1"] == rows[0]["g1"] and wiener_rows[0]["wiener3_g1"] != rows[0]["g1"]
 
 
 def test_nyul_maps_landmarks_onto_the_standard_scale():
