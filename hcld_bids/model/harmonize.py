@@ -124,6 +124,13 @@ class Regime:
             raise ValueError(f"unknown inference settings {unknown}; known: {sorted(names)}")
         return cls(**d)
 
+    def calibration_weight(self, reference: bool) -> float:
+        """Weight of the calibration that runs: 0 without it, ``reference_calibration`` toward a reference
+        image, 1 toward a site."""
+        if not self.calibrate:
+            return 0.0
+        return float(self.reference_calibration) if reference else 1.0
+
     def t_end(self, num_train_timesteps: int) -> int:
         return max(1, int(round(float(self.strength) * (num_train_timesteps - 1))))
 
@@ -600,8 +607,8 @@ class Harmonizer:
             mask = masks[i] if masks is not None and masks[i] is not None else None
             if regime.calibrate:
                 brain = (arrays[i] > 0) if mask is None else (mask > 0)
-                weight = float(regime.reference_calibration) if style.source.startswith("reference:") else 1.0
-                arr = calibrate(arr, brain, style.histogram, weight)
+                arr = calibrate(arr, brain, style.histogram,
+                                regime.calibration_weight(reference=style.source.startswith("reference:")))
             if mask is not None:
                 arr[mask <= 0] = 0.0
             results.append(arr)

@@ -70,6 +70,8 @@ def _provenance(static, style, device, wall_time, timings, low, high, preprocess
 def _regime_provenance(regime: dict, reference: bool = False) -> dict:
     """Sidecar keys of the inference regime: its kind, strength, DDIM steps and post-processing (toward a
     reference image when ``reference``: the weight of its calibration)."""
+    from ..model.harmonize import Regime
+
     calls = {"sdedit": (None, regime["sampling_steps"]), "adain": (None, None), "research": (30, 10)}
     inversion, sampling = calls.get(regime["kind"], (regime["inversion_steps"], regime["sampling_steps"]))
     return {
@@ -81,8 +83,7 @@ def _regime_provenance(regime: dict, reference: bool = False) -> dict:
         "IntensityCalibration": bool(regime.get("calibrate")),
         # 1: the brain histogram mapped onto the target's; below 1 (toward a reference image) blended with the
         # unmapped output
-        "IntensityCalibrationWeight": (float(regime.get("reference_calibration", 1.0)) if reference else 1.0)
-        if regime.get("calibrate") else 0.0,
+        "IntensityCalibrationWeight": Regime.from_dict(regime).calibration_weight(reference),
         "Regime": dict(regime),
     }
 

@@ -93,7 +93,9 @@ def regime_description(regime: dict, reference: bool = False) -> str:
         extras.append("the image detail the autoencoder does not reproduce (the input minus its "
                       "reconstruction) was added back")
     if regime.get("calibrate"):
-        weight = float(regime.get("reference_calibration", 1.0)) if reference else 1.0
+        from ..model.harmonize import Regime
+
+        weight = Regime.from_dict(regime).calibration_weight(reference)
         extras.append("the brain intensities were mapped by quantiles onto the target's intensity histogram"
                       + (f" (blended with the unmapped image, weight {weight:g} on the mapped one)" if weight < 1 else ""))
     return text + ("; after decoding, " + " and ".join(extras) if extras else "")

@@ -180,3 +180,9 @@ def test_research_regime_queries_the_unet_only_at_small_timesteps(bundle_dir):
     h.unet.forward = spy
     h.harmonize(_volume(), h.style_from_site("A"), regime=Regime(kind="research"))
     assert seen == list(range(30)) + list(range(45, -1, -5))
+
+
+def test_calibration_weight_says_which_calibration_runs():
+    assert Regime(kind="adain").calibration_weight(reference=True) == 0.0
+    r = Regime(kind="adain", calibrate=True, reference_calibration=0.25)
+    assert (r.calibration_weight(reference=True), r.calibration_weight(reference=False)) == (0.25, 1.0)
