@@ -206,6 +206,7 @@ def _model_summary(manifest: Mapping | None) -> dict:
             "downsampling": int(autoencoder.get("patch_size") or 1) * 2 ** (len(channels) - 1) if channels else None,
             "patch_size": int(autoencoder.get("patch_size") or 1),
             "num_res_blocks": autoencoder.get("num_res_blocks"),
+            "linear_skip": bool(autoencoder.get("linear_skip")),
         },
         "unet": {"channels": unet.get("channels"), "num_res_blocks": unet.get("num_res_blocks")},
         "noise_steps": (manifest.get("noise_schedule") or {}).get("num_train_timesteps")

@@ -122,6 +122,27 @@ def test_autoencoder_resume_reproduces_the_uninterrupted_run(real_volumes, tmp_p
     assert resumed.scale_factor == full.scale_factor
 
 
+def test_linear_skip_autoencoder_starts_from_the_linear_solution_and_resumes(real_volumes, tmp_path):
+    """A fresh run initialises the linear path from the training images; a resumed run keeps its own weights."""
+    arch = dict(channels=[8], latent_channels=3, num_res_blocks=1, attention_levels=[False], norm_groups=4,
+                patch_size=2, mid_attention=False, linear_skip=True)
+    vols = [v[:32, :32, :32].copy() for v in real_volumes]
+    cfg = AutoencoderTrainConfig(autoencoder=arch, steps=2, batch_size=1, lr=1e-4, patch_size=(16, 16, 16),
+                                 progress=False, checkpoint_every=1, augment_prob=0.0)
+    linear = AutoencoderKL(**arch)
+    linear.init_linear_skip(vols)
+    plain = AutoencoderKL(**{**arch, "linear_skip": False})
+    assert _recon_l1(linear, vols) < 0.3 * _recon_l1(plain, vols)
+    result = train_autoencoder(vols, cfg, tmp_path / "run", device="cpu", stop_after_steps=1)
+    # one small step away from the linear solution: still about as good, not a random network
+    assert _recon_l1(result.autoencoder, vols) < 1.5 * _recon_l1(linear, vols)
+    trained = {k: v.clone() for k, v in result.autoencoder.state_dict().items()}
+    other = [np.flip(v, axis=0).copy() * 0.5 for v in vols]  # a resume must not re-fit the basis to new images
+    resumed = train_autoencoder(other, cfg, tmp_path / "run", device="cpu", stop_after_steps=0)
+    for k, v in resumed.autoencoder.state_dict().items():
+        torch.testing.assert_close(v, trained[k])
+
+
 def test_changed_configuration_refuses_to_resume(real_volumes, tmp_path, tiny_unet_config):
     z = torch.randn(4, 6, 8, 12, 8)
     cfg = LDMTrainConfig(unet=tiny_unet_config, disc_channels=(8, 16, 16), steps=2, grad_weight=0, grad_accum=1,

@@ -201,6 +201,16 @@ def test_methods_text_says_which_inference_regime_ran(tmp_path, inference, flags
         assert "quantiles" not in text
 
 
+@pytest.mark.parametrize("linear_skip", [True, False])
+def test_methods_text_says_when_the_autoencoder_has_a_linear_path(tmp_path, linear_skip):
+    ae = {"channels": [32], "latent_channels": 4, "patch_size": 2, **({"linear_skip": True} if linear_skip else {})}
+    manifest = dict(MANIFEST, autoencoder={"config": ae})
+    text = " ".join(boilerplate.render_markdown(boilerplate.citation_context(_config(tmp_path, target_site="siteB"),
+                                                                             manifest)).split())
+    assert ("principal components of the training images' voxel blocks" in text) is linear_skip
+    assert "None" not in text and "{{" not in text and " ," not in text
+
+
 def test_workflow_description_says_when_the_reference_calibration_is_partial():
     from hcld_bids.workflows.harmonization import regime_description
 

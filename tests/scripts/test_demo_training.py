@@ -217,3 +217,26 @@ def test_coarsen_pack_averages_blocks_pads_and_recomputes_the_site_histograms(tm
         coarsen_pack.main([str(src), str(tmp_path / "c2"), "--pad-to", "8", "8", "8"])
     with pytest.raises(SystemExit, match="not a pack"):
         coarsen_pack.main([str(tmp_path), str(tmp_path / "c3")])
+
+
+def test_linear_autoencoder_benchmark_scores_each_component_count_and_a_bundle(packs, trained, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import linear_autoencoder
+
+    assert linear_autoencoder.main(["--pack", str(packs[0]), "--val-pack", str(packs[1]), "--channels", "1", "4", "8",
+                                    "--bundle", str(trained["bundle"])]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| linear")
+            or line.startswith("| trained")]
+    scores = [float(r[2]) for r in rows]
+    assert [int(r[1]) for r in rows[:3]] == [1, 4, 8]
+    assert scores[0] < scores[1] < scores[2] and scores[2] > 0.999  # all 8 components: a lossless code
+    assert rows[3][0].strip().startswith("trained:") and 0 < scores[3] < 1
+
+
+def test_linear_autoencoder_benchmark_refuses_more_components_than_a_block_holds(packs):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import linear_autoencoder
+
+    with pytest.raises(SystemExit) as exc:
+        linear_autoencoder.main(["--pack", str(packs[0]), "--val-pack", str(packs[1]), "--channels", "9"])
+    assert exc.value.code == 2

@@ -46,7 +46,10 @@ class _Stage1(TrainingRun):
         self.volumes = volumes
         self.augment = augment
         torch.manual_seed(cfg.seed)
-        ae = AutoencoderKL(**cfg.autoencoder).to(self.device)
+        ae = AutoencoderKL(**cfg.autoencoder)
+        if ae.linear_skip:  # start from the best linear autoencoder of the training images (a resume overwrites it)
+            ae.init_linear_skip(volumes, seed=cfg.seed)
+        ae = ae.to(self.device)
         if self.device.type == "cpu":  # oneDNN runs 3D convolutions faster in channels_last_3d
             ae = ae.to(memory_format=torch.channels_last_3d)
         self.ae = ctx.wrap(ae)
