@@ -143,6 +143,22 @@ def test_linear_skip_autoencoder_starts_from_the_linear_solution_and_resumes(rea
         torch.testing.assert_close(v, trained[k])
 
 
+def test_a_raised_step_target_reshapes_the_learning_rate_schedule_on_resume(real_volumes, tmp_path, tiny_ae_config):
+    """Raising ``steps`` on a resume (allowed) must stretch the cosine to the new target, not keep the old one
+    that the checkpointed scheduler carries (which left a run at its minimum rate after the old target)."""
+    vols = [v[:32, :32, :32].copy() for v in real_volumes]
+    base = dict(autoencoder=tiny_ae_config, batch_size=1, lr=1e-3, patch_size=(16, 16, 16), progress=False,
+                checkpoint_every=1, augment_prob=0.0, warmup_steps=1, lr_min_ratio=0.05)
+    train_autoencoder(vols, AutoencoderTrainConfig(steps=3, **base), tmp_path / "raised", device="cpu")
+    resumed = train_autoencoder(vols, AutoencoderTrainConfig(steps=8, **base), tmp_path / "raised", device="cpu")
+    fresh = train_autoencoder(vols, AutoencoderTrainConfig(steps=8, **base), tmp_path / "fresh", device="cpu")
+    lr_resumed = [float(r["lr"]) for r in _rows(resumed.history)]
+    lr_fresh = [float(r["lr"]) for r in _rows(fresh.history)]
+    assert len(lr_resumed) == len(lr_fresh) == 8
+    assert lr_resumed[3:] == pytest.approx(lr_fresh[3:], rel=1e-6)  # the 8-step cosine from step 3 on
+    assert lr_resumed[3] > 0.5 * 1e-3  # not the old schedule's floor (5e-5)
+
+
 def test_changed_configuration_refuses_to_resume(real_volumes, tmp_path, tiny_unet_config):
     z = torch.randn(4, 6, 8, 12, 8)
     cfg = LDMTrainConfig(unet=tiny_unet_config, disc_channels=(8, 16, 16), steps=2, grad_weight=0, grad_accum=1,

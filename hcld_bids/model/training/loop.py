@@ -138,9 +138,11 @@ class TrainingRun:
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
 
+    def lr_schedule_factor(self) -> "WarmupCosine":
+        return WarmupCosine(self.cfg.warmup_steps, self.total_steps, self.cfg.lr_min_ratio)
+
     def lr_schedule(self, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, WarmupCosine(self.cfg.warmup_steps, self.total_steps, self.cfg.lr_min_ratio))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_schedule_factor())
 
     def optimizer_step(self, name: str, model: torch.nn.Module) -> None:
         opt = self.optimizers[name]
@@ -222,6 +224,11 @@ class TrainingRun:
                 o.load_state_dict(ckpt["optimizers"][k])
             for k, s in self.schedulers.items():
                 s.load_state_dict(ckpt["schedulers"][k])
+                # LambdaLR restores its schedule object's fields too, i.e. the step target of the run that wrote
+                # the checkpoint; a changed target ("steps" is a resumable change) must reshape the schedule
+                s.lr_lambdas = [self.lr_schedule_factor() for _ in s.lr_lambdas]
+                for group, base, factor in zip(s.optimizer.param_groups, s.base_lrs, s.lr_lambdas):
+                    group["lr"] = base * factor(s.last_epoch)
             self.scaler.load_state_dict(ckpt["scaler"])
             ema = ckpt.get("ema") or None
             if ema is not None:
