@@ -54,16 +54,20 @@ if str(REPO) not in sys.path:
 
 DEFAULT_STATE = REPO / "scripts" / "demo_model" / "state"
 
-#: The demo model's recipe (see benchmarks/RESULTS.md, "Autoencoder designs" and "Training on two cores").
+#: The demo recipe (benchmarks/RESULTS.md, "Autoencoder designs", "Learning curve of the demo recipe" and "An
+#: autoencoder that starts from the best linear code"): the autoencoder starts from the principal components of
+#: the training blocks (linear path) and reaches validation reconstruction 0.98 in 1,000 steps; stage 2's target
+#: is far ahead so that every CPU run or GPU session continues it. The shipped demo bundle predates the linear
+#: path (its own recipe is in its manifest).
 RECIPE = {
     "autoencoder": {"channels": [32], "latent_channels": 4, "num_res_blocks": 2, "attention_levels": [False],
-                    "norm_groups": 8, "patch_size": 2, "mid_attention": False},
+                    "norm_groups": 8, "patch_size": 2, "mid_attention": False, "linear_skip": True},
     "unet": {"channels": [32, 32, 32], "num_res_blocks": 1, "attention_levels": [False, False, True],
              "head_channels": 32, "norm_groups": 16, "patch_size": 2},
-    "stage1": {"steps": 2600, "batch_size": 2, "lr": 5e-4, "patch_size": [64, 64, 64], "kl_weight": 1e-6,
+    "stage1": {"steps": 1000, "batch_size": 2, "lr": 5e-4, "patch_size": [64, 64, 64], "kl_weight": 1e-8,
                "ssim_weight": 0.5, "adv_weight": 0.0, "adv_warmup_epochs": 1e9, "ema_decay": 0.999,
                "augment_prob": 0.5, "warmup_steps": 100, "lr_min_ratio": 0.05, "checkpoint_every": 200},
-    "stage2": {"steps": 2500, "batch_size": 4, "grad_accum": 1, "lr": 2e-4, "noise_weight": 1.0,
+    "stage2": {"steps": 20000, "batch_size": 4, "grad_accum": 1, "lr": 2e-4, "noise_weight": 1.0,
                "content_weight": 0.0, "style_weight": 0.0, "adv_weight": 0.0, "grad_weight": 0.0,
                "same_site_prob": 1.0, "prototype_condition_prob": 0.5, "ema_decay": 0.999, "warmup_steps": 200,
                "lr_min_ratio": 0.05, "checkpoint_every": 250, "latent_crop": 32, "timestep_focus": 250,
@@ -73,13 +77,13 @@ RECIPE = {
     # way toward a reference image's: "A reference image from a site the model never saw")
     "inference": {"kind": "dual", "strength": 0.1, "inversion_steps": 10, "sampling_steps": 10, "detail": 0.75,
                   "calibrate": True, "reference_calibration": 0.5},
-    "eval_every": {"stage1": 250, "stage2": 500},
+    "eval_every": {"stage1": 100, "stage2": 500},
 }
 
 #: Tiny networks and step counts for a check of the script on a CPU (tests, CI).
 TINY = {
     "autoencoder": {"channels": [8], "latent_channels": 2, "num_res_blocks": 1, "attention_levels": [False],
-                    "norm_groups": 4, "patch_size": 2, "mid_attention": False},
+                    "norm_groups": 4, "patch_size": 2, "mid_attention": False, "linear_skip": True},
     "unet": {"channels": [8, 8], "num_res_blocks": 1, "attention_levels": [False, False], "head_channels": 8,
              "norm_groups": 4, "patch_size": 1},
     "stage1": {"steps": 4, "batch_size": 1, "patch_size": [16, 16, 16], "ema_decay": 0.9, "augment_prob": 0.5,
