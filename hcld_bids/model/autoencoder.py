@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .layers import (Conv3d, DepthToSpace, Downsample, ResBlock, SelfAttention, SpaceToDepth, Upsample,
@@ -142,6 +143,8 @@ class AutoencoderKL(nn.Module):
             self.skip_in = Conv3d(in_channels * f ** 3, latent_channels, 1)
             self.skip_out = Conv3d(latent_channels, out_channels * f ** 3, 1)
             self.skip_unfold = DepthToSpace(f) if f > 1 else nn.Identity()
+            for conv in (self.skip_in, self.skip_out):
+                conv.keep_float32 = True  # harmonize.cast_for_autocast leaves these weights alone
 
     @property
     def config(self) -> dict:
@@ -161,7 +164,7 @@ class AutoencoderKL(nn.Module):
 
     def encode_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log-variance, each ``(N, latent_channels, D/f, H/f, W/f)``."""
-        skip = self.skip_in(self.skip_fold(x)) if self.linear_skip else None
+        skip = self._linear(self.skip_in, self.skip_fold(x)) if self.linear_skip else None
         moments = run_blocks(self.encoder, x)
         mean, logvar = moments.chunk(2, dim=1)
         if skip is not None:
@@ -177,8 +180,15 @@ class AutoencoderKL(nn.Module):
         """``(N, latent_channels, d, h, w) -> (N, out_channels, d*f, h*f, w*f)``."""
         if not self.linear_skip:
             return run_blocks(self.decoder, z)
-        skip = self.skip_unfold(self.skip_out(z))
+        skip = self.skip_unfold(self._linear(self.skip_out, z))
         return run_blocks(self.decoder, z) + skip
+
+    @staticmethod
+    def _linear(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The linear path in float32 even under autocast: it carries the whole intensity of the image, which
+        bfloat16 (8 bits of mantissa) would round to about 0.4 %."""
+        with torch.autocast(x.device.type, enabled=False):
+            return F.conv3d(x.float(), conv.weight.float(), None if conv.bias is None else conv.bias.float())
 
     @torch.no_grad()
     def init_linear_skip(self, volumes: Sequence, max_blocks: int = 200_000, logvar: float = -8.0,

@@ -210,11 +210,12 @@ def cast_for_autocast(module: torch.nn.Module, dtype: torch.dtype = torch.bfloat
 
     Autocast casts float32 weights to bf16 at every call; weights already in bf16 are used as they are, which
     gives the same values without the copies. Normalisation layers keep their float32 parameters (autocast
-    runs normalisation in float32). Returns the number of tensors cast.
+    runs normalisation in float32), and so do layers flagged ``keep_float32`` (an autoencoder's linear path, which
+    carries the image's whole intensity). Returns the number of tensors cast.
     """
     cast = 0
     for layer in module.modules():
-        if isinstance(layer, (torch.nn.Conv3d, torch.nn.Linear)):
+        if isinstance(layer, (torch.nn.Conv3d, torch.nn.Linear)) and not getattr(layer, "keep_float32", False):
             for param in layer.parameters(recurse=False):
                 if param.dtype != dtype:
                     param.data = param.data.to(dtype)

@@ -135,3 +135,27 @@ def test_init_linear_skip_leaves_the_nonlinear_branches_trainable():
 def test_init_linear_skip_needs_the_linear_path():
     with pytest.raises(ValueError, match="linear_skip=True"):
         AutoencoderKL(**S2D).init_linear_skip(_smooth_volumes(1))
+
+
+def test_linear_path_stays_float32_under_bfloat16_autocast():
+    vols = _smooth_volumes()
+    ae = AutoencoderKL(**S2D, linear_skip=True).eval()
+    ae.init_linear_skip(vols)
+    x = torch.from_numpy(vols[2])[None, None]
+    with torch.no_grad():
+        ref = ae.decode(ae.encode(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z = ae.encode(x)
+            y = ae.decode(z)
+    # the branches are zero at the start, so the whole reconstruction is the linear path: float32 exactly
+    assert z.dtype == torch.float32 and y.dtype == torch.float32
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-5)
+
+
+def test_the_gpu_weight_cast_leaves_the_linear_path_in_float32():
+    from hcld_bids.model.harmonize import cast_for_autocast
+
+    ae = AutoencoderKL(**S2D, linear_skip=True)
+    assert cast_for_autocast(ae) > 0
+    assert ae.skip_in.weight.dtype == ae.skip_out.bias.dtype == torch.float32
+    assert ae.decoder[0].weight.dtype == torch.bfloat16
