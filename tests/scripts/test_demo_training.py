@@ -240,3 +240,18 @@ def test_linear_autoencoder_benchmark_refuses_more_components_than_a_block_holds
     with pytest.raises(SystemExit) as exc:
         linear_autoencoder.main(["--pack", str(packs[0]), "--val-pack", str(packs[1]), "--channels", "9"])
     assert exc.value.code == 2
+
+
+def test_denoise_by_timestep_benchmark_prints_one_row_per_timestep(packs, trained, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import denoise_by_timestep
+
+    assert denoise_by_timestep.main(["--val-pack", str(packs[1]), "--bundle", str(trained["bundle"]),
+                                     "--limit", "2", "--timesteps", "5", "400"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and not line.startswith("| t ") and not line.startswith("| ---")]
+    assert [int(r[0]) for r in rows] == [5, 400]
+    mse, estimate, undenoised, oracle = ([float(r[i]) for r in rows] for i in (2, 3, 4, 5))
+    assert all(o > 0.99 for o in oracle)  # the formula with the true noise gives the latent back
+    assert undenoised[1] < undenoised[0] <= 1.0  # more noise left in, further from the reconstruction
+    assert all(m > 0 for m in mse) and all(0 < e <= 1 for e in estimate)
