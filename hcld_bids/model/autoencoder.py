@@ -193,7 +193,7 @@ class AutoencoderKL(nn.Module):
     @torch.no_grad()
     def init_linear_skip(self, volumes: Sequence, max_blocks: int = 200_000, logvar: float = -8.0,
                          seed: int = 0) -> dict:
-        """Start the network at the best linear autoencoder of the training images (issue: reconstruct first).
+        """Start the network at the best linear autoencoder of the training images.
 
         The ``f x f x f`` voxel blocks of ``volumes`` (arrays ``(D, H, W)``; blocks that are all background are
         left out) give a principal-component basis; the linear path encodes a block as its first
