@@ -206,13 +206,13 @@ class AutoencoderKL(nn.Module):
             raise ValueError("init_linear_skip needs an autoencoder built with linear_skip=True")
         f = self.downsampling
         gen = np.random.default_rng(seed)
+        per_volume = max(1, max_blocks // max(1, len(volumes)))
         rows = []
         for vol in volumes:
             x = torch.as_tensor(np.asarray(vol, dtype=np.float32))[None, None]
             blocks = self.skip_fold(x).reshape(x.shape[1] * f ** 3, -1).T.contiguous() if f > 1 \
                 else x.reshape(1, -1).T
             blocks = blocks[blocks.abs().amax(dim=1) > 0]
-            per_volume = max(1, max_blocks // max(1, len(volumes)))
             if len(blocks) > per_volume:
                 blocks = blocks[torch.as_tensor(np.sort(gen.choice(len(blocks), per_volume, replace=False)))]
             rows.append(blocks)

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from train_demo import load_pack
+    from train_demo import load_pack, save_pack
 
     from hcld_bids.levels.train import site_histograms
 
@@ -74,10 +74,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"{args.pack}: {exc}") from None
     args.dest.mkdir(parents=True, exist_ok=True)
     shape = coarse[0].shape
-    np.savez_compressed(args.dest / "inputs.npz",
-                        volumes=np.round(np.clip(np.stack(coarse), 0, 1) * 255).astype(np.uint8),
-                        masks=np.packbits(np.stack(coarse_masks), axis=-1), shape=np.array(shape),
-                        sites=np.array(sites), labels=np.array(labels))
+    save_pack(args.dest, coarse, coarse_masks, sites, labels)
     base_path = args.pack / "manifest_base.json"
     base = json.loads(base_path.read_text()) if base_path.is_file() else {}
     hists = site_histograms(coarse, coarse_masks, sites)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -40,6 +41,9 @@ def main(argv=None) -> int:
     from hcld_bids.workflows.base import _t1w_label
     from hcld_bids.levels.train import DEFAULT_TEMPLATE, _data_summary, site_histograms
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from train_demo import save_pack
+
     layout = open_layout(args.bids_dir, database_dir=None, work_dir=args.work_dir, validate=False)
     records = resolve_sites(collect_t1w(layout), args.bids_dir, site_column=args.site_column)
     if args.participant_label:
@@ -58,15 +62,7 @@ def main(argv=None) -> int:
         masks.append(np.asarray(nib.load(mask).dataobj) > 0)
     sites = [r.site for r in kept]
     args.dest.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        args.dest / "inputs.npz",
-        volumes=(np.round(np.clip(np.stack(volumes), 0, 1) * 255).astype(np.uint8) if args.uint8
-                 else np.stack(volumes).astype(np.float16)),
-        masks=np.packbits(np.stack(masks), axis=-1),
-        shape=np.array(volumes[0].shape),
-        sites=np.array(sites),
-        labels=np.array([_t1w_label(r) for r in kept]),
-    )
+    save_pack(args.dest, volumes, masks, sites, [_t1w_label(r) for r in kept], uint8=args.uint8)
     summary = _data_summary(kept, sites)
     hists = site_histograms(volumes, masks, sites)
     base = {

@@ -108,6 +108,16 @@ def load_pack(pack: Path):
     return volumes, masks, [str(s) for s in data["sites"]], labels
 
 
+def save_pack(dest: Path, volumes, masks, sites, labels, uint8: bool = True) -> None:
+    """Write ``inputs.npz`` as :func:`load_pack` reads it: intensities as round(255 x) in 8 bits (or float16),
+    bit-packed masks, the grid, sites and labels."""
+    stack = np.stack(volumes)
+    np.savez_compressed(Path(dest) / "inputs.npz",
+                        volumes=np.round(np.clip(stack, 0, 1) * 255).astype(np.uint8) if uint8 else stack.astype(np.float16),
+                        masks=np.packbits(np.stack(masks), axis=-1), shape=np.array(stack.shape[1:]),
+                        sites=np.array(sites), labels=np.array(labels))
+
+
 def site_augment(volume: np.ndarray, rng: np.random.Generator, exclude: Sequence[str] = ()) -> np.ndarray:
     """Stage-1 augmentation: re-render the volume at one of the four simulated sites but ``exclude`` (half of
     the draws) or at a random new site (:func:`hcld_bids.simulate.random_site`)."""

@@ -21,6 +21,7 @@ import torch
 from .. import losses
 from ..autoencoder import AutoencoderKL
 from ..prototypes import compute_scale_factor
+from .checkpoint import checkpoint_path
 from .config import AutoencoderTrainConfig
 from .data import image_batch
 from .distributed import DistContext, setup, unwrap
@@ -47,7 +48,8 @@ class _Stage1(TrainingRun):
         self.augment = augment
         torch.manual_seed(cfg.seed)
         ae = AutoencoderKL(**cfg.autoencoder)
-        if ae.linear_skip:  # start from the best linear autoencoder of the training images (a resume overwrites it)
+        if ae.linear_skip and not checkpoint_path(self.workdir).is_file():
+            # a fresh run starts from the best linear autoencoder of the training images (a resume loads its own)
             ae.init_linear_skip(volumes, seed=cfg.seed)
         ae = ae.to(self.device)
         if self.device.type == "cpu":  # oneDNN runs 3D convolutions faster in channels_last_3d
