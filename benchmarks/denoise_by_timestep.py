@@ -14,6 +14,12 @@ reconstruction ``D(E(x))`` of three decoded latents:
 A UNet that helps the harmonizer has its estimate well above the undenoised floor at the small ``t`` that the
 regimes use.
 
+Does it read its condition? The same noisy latent is also given the prototype of every other trained site.
+``noise MSE, other sites`` is the noise MSE under those conditions (a model that uses its condition does worse
+with the wrong site's), and ``condition effect`` is ``|eps_other - eps_own| / |eps_own - eps|``: how far the
+prediction moves when the site changes, relative to its own error. Translation between sites (dual conditions,
+guidance) can only come from this difference; near 0 the model ignores the condition.
+
     PYTHONPATH=$PWD python benchmarks/denoise_by_timestep.py --val-pack DATA/pack-val --bundle BUNDLE [BUNDLE ...] \
         [--limit 8] [--timesteps 10 20 50 100 250 500]
 """
@@ -46,7 +52,8 @@ def measure(bundle, volumes, masks, sites, timesteps, seed: int = 0) -> list[dic
     def decode(z):
         return ae.decode(z / sf).clamp(0, 1)[0, 0].float().numpy()
 
-    rows = {int(t): {"t": int(t), "mse": [], "estimate": [], "undenoised": [], "oracle": []} for t in timesteps}
+    rows = {int(t): {"t": int(t), "mse": [], "estimate": [], "undenoised": [], "oracle": [], "mse_other": [],
+                     "effect": []} for t in timesteps}
     for i, (vol, mask, site) in enumerate(zip(volumes, masks, sites)):
         if site not in bundle.prototypes:
             continue
@@ -60,6 +67,12 @@ def measure(bundle, volumes, masks, sites, timesteps, seed: int = 0) -> list[dic
             eps = unet(zt, t, cond).float()
             row = rows[t]
             row["mse"].append(float(((eps - noise) ** 2).mean()))
+            err = float((eps - noise).norm())
+            for other in sorted(bundle.prototypes):
+                if other != site:
+                    eps_o = unet(zt, t, bundle.prototypes[other]).float()
+                    row["mse_other"].append(float(((eps_o - noise) ** 2).mean()))
+                    row["effect"].append(float((eps_o - eps).norm()) / max(err, 1e-12))
             for key, e in (("estimate", eps), ("undenoised", torch.zeros_like(eps)), ("oracle", noise)):
                 z0 = (zt - (1.0 - abar) ** 0.5 * e) / abar ** 0.5
                 row[key].append(masked_ssim(decode(z0) * mask, recon * mask, mask))
@@ -86,12 +99,13 @@ def main(argv=None) -> int:
             ap.error(f"--timesteps {bad} outside the bundle's schedule (0..{bundle.schedule.num_train_timesteps - 1})")
         rows = measure(bundle, volumes, masks, sites, args.timesteps)
         print(f"\n{path} ({len(volumes)} images; SSIM to D(E(x)) in the brain)")
-        print("| t | abar | noise MSE | one-step estimate | noisy, undenoised | oracle |")
-        print("| --- | --- | --- | --- | --- | --- |")
+        print("| t | abar | noise MSE | noise MSE, other sites | condition effect | one-step estimate | "
+              "noisy, undenoised | oracle |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in rows:
             abar = float(bundle.schedule.alphas_cumprod[r["t"]])
-            print(f"| {r['t']} | {abar:.3f} | {r['mse']:.3f} | {r['estimate']:.3f} | {r['undenoised']:.3f} | "
-                  f"{r['oracle']:.3f} |", flush=True)
+            print(f"| {r['t']} | {abar:.3f} | {r['mse']:.3f} | {r['mse_other']:.3f} | {r['effect']:.3f} | "
+                  f"{r['estimate']:.3f} | {r['undenoised']:.3f} | {r['oracle']:.3f} |", flush=True)
         print(f"({time.perf_counter() - t0:.0f} s)")
     return 0
 

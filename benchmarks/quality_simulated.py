@@ -35,7 +35,7 @@ target site by
   output that is decoded without detail re-injection;
 - one method per ``--regime NAME=KIND[,key=value...]``: the Harmonizer with that
   :class:`hcld_bids.model.harmonize.Regime` (keys: strength, inversion_steps, sampling_steps, detail,
-  calibrate, z0_clip, readapt_condition), e.g. ``sdedit30=sdedit,strength=0.3,sampling_steps=1``;
+  calibrate, z0_clip, readapt_condition, guidance, guidance_source), e.g. ``sdedit30=sdedit,strength=0.3,sampling_steps=1``;
 - ``--chain`` adds the loss budget of a bundle, in the order the path loses or gains: ``recon``,
   ``latent_adain``, then the regimes of :data:`CHAIN` without post-processing: ``full`` (full inversion,
   30 + 10 steps), ``research`` (the research code's mismatched schedule), ``dual10`` (DDIB, strength 0.1),
@@ -305,6 +305,8 @@ def parse_regime(spec: str, base):
             changes[key] = None
         elif key in ("inversion_steps", "sampling_steps"):
             changes[key] = int(value)
+        elif str(types[key]) in ("str", "<class 'str'>"):
+            changes[key] = value
         else:
             changes[key] = float(value)
     return replace(base, kind=kind, **changes)

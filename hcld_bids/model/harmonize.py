@@ -23,6 +23,11 @@ Regimes (``Regime.kind``), ``t* = round(strength * (T - 1))`` on the training sc
   model's clean-latent estimate, the posterior mean; more calls give a sharper sample).
 * ``adain``: no diffusion: the decoded fused latent (the floor the diffusion model has to beat).
 
+``guidance`` w > 0 (full, dual, sdedit) steers every sampling step away from the source's own style and
+toward the target's, as classifier-free guidance does with a negative condition: the sampler uses
+``eps(z, target) + w * (eps(z, target) - eps(z, own latent))``, whose extra term is (up to scale) the
+gradient of the model's log-ratio of target to source style. Each sampling step then costs two UNet calls.
+
 ``detail`` re-injects the input's high frequencies that the autoencoder loses, ``x - D(E(x))`` times the
 gain; ``calibrate`` maps the output's brain intensities by quantiles onto the target's histogram (the site's
 stored training histogram, or the reference image's own). A site's histogram averages many heads; a reference
@@ -87,6 +92,10 @@ class Regime:
             (``(1 - w) * out + w * calibrated``); a site's calibration is always full.
         z0_clip: clamp each clean-latent estimate to ``[-z0_clip, z0_clip]`` (full, dual, sdedit).
         readapt_condition: before every UNet call replace the condition by ``AdaIN(condition, z)``.
+        guidance: weight ``w`` of the step away from the source's own style at every sampling step (0: off).
+        guidance_source: the condition that stands for the source's style in the guidance: ``"own"`` (the
+            source's own latent) or ``"site"`` (the prototype of the trained site whose channel statistics are
+            closest to the source latent's).
     """
 
     kind: str = "full"
@@ -98,6 +107,8 @@ class Regime:
     reference_calibration: float = 1.0
     z0_clip: float | None = None
     readapt_condition: bool = False
+    guidance: float = 0.0
+    guidance_source: str = "own"
 
     def __post_init__(self):
         if self.kind not in REGIMES:
@@ -110,6 +121,10 @@ class Regime:
             raise ValueError(f"detail gain must be non-negative, got {self.detail}")
         if not 0.0 <= float(self.reference_calibration) <= 1.0:
             raise ValueError(f"reference_calibration must be in [0, 1], got {self.reference_calibration}")
+        if float(self.guidance) < 0:
+            raise ValueError(f"guidance must be non-negative, got {self.guidance}")
+        if self.guidance_source not in ("own", "site"):
+            raise ValueError(f"guidance_source must be 'own' or 'site', got {self.guidance_source!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,11 +153,12 @@ class Regime:
         """UNet evaluations per volume."""
         if self.kind == "adain":
             return 0
+        per_step = 2 if self.guidance > 0 else 1
         if self.kind == "sdedit":
-            return self.sampling_steps
+            return per_step * self.sampling_steps
         if self.kind == "research":
             return RESEARCH_INVERSION + RESEARCH_SAMPLING
-        return self.inversion_steps + self.sampling_steps
+        return self.inversion_steps + per_step * self.sampling_steps
 
 
 def brain_histogram(vol: np.ndarray, mask: np.ndarray, bins: int = HISTOGRAM_BINS):
@@ -229,6 +245,16 @@ def per_volume_noise(shape, seed: int) -> torch.Tensor:
     one = (1, *tuple(shape)[1:])
     return torch.cat([torch.randn(one, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float32)
                       for _ in range(int(shape[0]))])
+
+
+def guided(target_model, own_model, weight: float):
+    """``eps_target + weight * (eps_target - eps_own)``: the target's prediction pushed away from the
+    source's own (two calls per step)."""
+    def eps_model(zt: torch.Tensor, t) -> torch.Tensor:
+        eps = target_model(zt, t)
+        return eps.add_(eps - own_model(zt, t), alpha=float(weight))
+
+    return eps_model
 
 
 def capture_cuda_graph(fn: Callable[[], torch.Tensor], warmup: int = 2):
@@ -406,6 +432,16 @@ class Harmonizer:
                                            source=f"reference:{key}", histogram=brain_histogram(arr, arr > 0))
         return self._style_cache[key]
 
+    def nearest_sites(self, z: torch.Tensor) -> list[str]:
+        """For each latent of ``z`` (scaled, ``(N, C, d, h, w)``) the trained site whose prototype's channel
+        statistics are closest (squared differences of the channel means and of the log standard deviations)."""
+        names = sorted(self.bundle.prototypes)
+        mean, std = (v.flatten(1).float().cpu() for v in channel_stats(z))
+        dist = torch.stack([((mean - self.bundle.prototype_stats[s]["channel_mean"].float().cpu()) ** 2).sum(1)
+                            + ((std.log() - self.bundle.prototype_stats[s]["channel_std"].float().cpu().log()) ** 2).sum(1)
+                            for s in names], dim=1)
+        return [names[i] for i in dist.argmin(1).tolist()]
+
     # ----------------------------------------------------------------------------------- harmonize
 
     def resolve_regime(self, regime: Regime | str | None = None, **overrides) -> Regime:
@@ -572,13 +608,19 @@ class Harmonizer:
             target_model = self._eps_model(cond, regime.readapt_condition)
             clip = regime.z0_clip
             kind = regime.kind
+            own = negative = None
+            if kind == "dual" or (regime.guidance > 0 and kind in ("full", "sdedit")):
+                own = self._eps_model(z_src.clone().contiguous(memory_format=self.memory_format),
+                                      regime.readapt_condition)
+            negative = own
+            if regime.guidance > 0 and regime.guidance_source == "site":
+                negative = self._eps_model(torch.cat([self._condition(self.bundle.prototypes[s], 1)
+                                                      for s in self.nearest_sites(z_src)]), regime.readapt_condition)
             t0 = time.perf_counter()
             if kind == "full":
                 z = self.schedule.invert(z, target_model, regime.inversion_steps, t_star,
                                          callback=report("inversion", regime.inversion_steps), clip=clip)
             elif kind == "dual":
-                own = self._eps_model(z_src.clone().contiguous(memory_format=self.memory_format),
-                                      regime.readapt_condition)
                 z = self.schedule.invert(z_src, own, regime.inversion_steps, t_star,
                                          callback=report("inversion", regime.inversion_steps), clip=clip)
             elif kind == "sdedit":
@@ -589,7 +631,8 @@ class Harmonizer:
             t0 = time.perf_counter()
             if kind in ("full", "dual", "sdedit"):
                 steps = min(regime.sampling_steps, t_star)
-                z = self.schedule.sample(z, target_model, steps, t_star, callback=report("sampling", steps), clip=clip)
+                sampler = target_model if regime.guidance <= 0 else guided(target_model, negative, regime.guidance)
+                z = self.schedule.sample(z, sampler, steps, t_star, callback=report("sampling", steps), clip=clip)
             elif kind == "research":
                 z = self._research_path(z, target_model, report)
             self._sync()

@@ -13,6 +13,11 @@ With ``patch_size`` p > 1 the input is folded space-to-depth (p x p x p latent v
 the first convolution and the output unfolded after the last, as vision transformers "patchify": the UNet
 then runs at 1/p of the latent resolution, p^3 times fewer positions, and a latent axis must be divisible by
 ``p * 2 ** (len(channels) - 1)``.
+
+With ``style_embedding`` the condition also enters globally: its per-channel mean and log standard deviation
+over the grid (the statistics AdaIN transfers; :func:`condition_style`) pass through an MLP whose output is
+added to the timestep embedding, so every residual block is told the target's style. The MLP's last layer
+starts at zero. Training passes the statistics of the whole condition when it works on crops.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class DiffusionUNet(nn.Module):
         norm_groups: int = 32,
         norm_eps: float = 1e-6,
         patch_size: int = 1,
+        style_embedding: bool = False,
     ) -> None:
         super().__init__()
         channels, attention_levels = level_settings(channels, attention_levels, norm_groups)
@@ -63,6 +69,8 @@ class DiffusionUNet(nn.Module):
             raise ValueError(f"patch_size must be at least 1, got {patch_size}")
         if patch_size != 1:  # older manifests lack the key; keep their config unchanged
             self._config["patch_size"] = patch_size
+        if style_embedding:  # likewise
+            self._config["style_embedding"] = True
         self.patch_size = patch_size
         self.fold = SpaceToDepth(patch_size) if patch_size > 1 else None
         self.unfold = DepthToSpace(patch_size) if patch_size > 1 else None
@@ -70,6 +78,12 @@ class DiffusionUNet(nn.Module):
         self.out_channels = out_channels
         temb = 4 * channels[0]
         self.time_embed = nn.Sequential(nn.Linear(channels[0], temb), nn.SiLU(), nn.Linear(temb, temb))
+        self.style_embed = None
+        if style_embedding:
+            self.style_embed = nn.Sequential(nn.Linear(2 * (in_channels - out_channels), temb), nn.SiLU(),
+                                             nn.Linear(temb, temb))
+            nn.init.zeros_(self.style_embed[2].weight)
+            nn.init.zeros_(self.style_embed[2].bias)
 
         def res(cin, cout):
             return ResBlock(cin, cout, norm_groups, norm_eps, temb_channels=temb)
@@ -125,14 +139,18 @@ class DiffusionUNet(nn.Module):
         return cls(**config)
 
     def forward(self, sample: torch.Tensor, timesteps: torch.Tensor | float | int,
-                condition: torch.Tensor | None = None) -> torch.Tensor:
+                condition: torch.Tensor | None = None, style: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted noise ``(N, out_channels, d, h, w)``.
 
         Args:
             sample: ``(N, C, d, h, w)``; the full network input, or the noisy latent when ``condition`` is given.
             timesteps: ``(N,)`` or a scalar, integer or fractional training timesteps.
             condition: optional ``(N, C', d, h, w)`` latent concatenated to ``sample`` along channels.
+            style: with ``style_embedding``, ``(N, 2 C')`` statistics of the condition (:func:`condition_style`);
+                default: those of the condition given.
         """
+        if self.style_embed is not None and style is None:
+            style = condition_style(condition if condition is not None else sample[:, self.out_channels:])
         if condition is not None:
             sample = torch.cat([sample, condition.to(sample.dtype)], dim=1)
         for s in sample.shape[2:]:
@@ -142,6 +160,8 @@ class DiffusionUNet(nn.Module):
         if t.ndim == 0:
             t = t.expand(sample.shape[0])
         temb = self.time_embed(timestep_embedding(t, self.conv_in.out_channels).to(self.time_embed[0].weight.dtype))
+        if self.style_embed is not None:
+            temb = temb + self.style_embed(style.to(temb.dtype).expand(sample.shape[0], -1))
 
         h = self.conv_in(sample if self.fold is None else self.fold(sample))
         skips = [h]
@@ -159,3 +179,9 @@ class DiffusionUNet(nn.Module):
             h = stage.upsample(h)
         out = self.out_conv(norm_silu(h, self.out_norm))
         return out if self.unfold is None else self.unfold(out)
+
+
+def condition_style(condition: torch.Tensor) -> torch.Tensor:
+    """``(N, 2 C)``: per-channel mean and log standard deviation of a condition latent over its grid."""
+    var, mean = torch.var_mean(condition.float().flatten(2), dim=2, correction=0)
+    return torch.cat([mean, 0.5 * torch.log(var + 1e-6)], dim=1)

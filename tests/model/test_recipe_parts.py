@@ -157,7 +157,8 @@ def test_masked_ssim_equals_scikit_image():
     assert masked_ssim(x, x, m) == pytest.approx(1.0)
 
 
-def test_stage2_latent_crops_and_timestep_focus(real_volumes, tmp_path, monkeypatch):
+@pytest.mark.parametrize("style_embedding", [False, True])
+def test_stage2_latent_crops_and_timestep_focus(real_volumes, tmp_path, monkeypatch, style_embedding):
     from hcld_bids.model.unet import DiffusionUNet as Unet
 
     ae = AutoencoderKL(**S2D_AE).eval()
@@ -165,20 +166,30 @@ def test_stage2_latent_crops_and_timestep_focus(real_volumes, tmp_path, monkeypa
     seen = []
     forward = Unet.forward
 
-    def spy(self, sample, timesteps, condition=None):
-        seen.append((tuple(sample.shape), tuple(condition.shape), torch.as_tensor(timesteps).tolist()))
-        return forward(self, sample, timesteps, condition)
+    def spy(self, sample, timesteps, condition=None, style=None):
+        seen.append((tuple(sample.shape), tuple(condition.shape), torch.as_tensor(timesteps).tolist(), style))
+        return forward(self, sample, timesteps, condition, style)
 
     monkeypatch.setattr(Unet, "forward", spy)
     unet = dict(channels=(8, 8), attention_levels=(False, False), head_channels=8, norm_groups=4, in_channels=4,
-                out_channels=2)
+                out_channels=2, style_embedding=style_embedding)
     cfg = LDMTrainConfig(unet=unet, steps=4, batch_size=2, grad_accum=1, progress=False, grad_weight=0.0,
                          adv_weight=0.0, same_site_prob=1.0, latent_crop=4, timestep_focus=10,
                          timestep_focus_prob=1.0, checkpoint_every=10)
     train_ldm(vols, ["a", "a", "b", "b"], cfg, tmp_path / "a", autoencoder=ae, scale_factor=1.0, device="cpu")
     assert len(seen) == 4
-    assert all(s == (2, 2, 4, 4, 4) and c == (2, 2, 4, 4, 4) for s, c, _ in seen)  # latent 8x12x8 -> cubes of 4
-    assert all(0 <= t < 10 for _, _, ts in seen for t in ts)
+    assert all(s == (2, 2, 4, 4, 4) and c == (2, 2, 4, 4, 4) for s, c, _, _ in seen)  # latent 8x12x8 -> cubes of 4
+    assert all(0 <= t < 10 for _, _, ts, _ in seen for t in ts)
+    if style_embedding:  # the statistics of the whole condition latent, not of the crop: one of the 4 latents'
+        from hcld_bids.model.prototypes import encode_scaled
+        from hcld_bids.model.unet import condition_style
+
+        whole = [condition_style(encode_scaled(ae, v, 1.0)) for v in vols]
+        for *_, style in seen:
+            assert style.shape == (2, 4)
+            assert all(any(torch.allclose(row, w[0], atol=1e-4) for w in whole) for row in style)
+    else:
+        assert all(style is None for *_, style in seen)
     with pytest.raises(ValueError, match="latent_crop"):
         train_ldm(vols, ["a", "a", "b", "b"], LDMTrainConfig(unet=unet, steps=1, latent_crop=4, progress=False),
                   tmp_path / "b", autoencoder=ae, scale_factor=1.0, device="cpu")

@@ -148,7 +148,7 @@ def test_match_histogram_keeps_order_and_outside():
 
 @pytest.mark.parametrize("bad", [dict(kind="magic"), dict(strength=0.0), dict(strength=1.5),
                                  dict(sampling_steps=0), dict(detail=-1.0), dict(reference_calibration=-0.1),
-                                 dict(reference_calibration=1.5)])
+                                 dict(reference_calibration=1.5), dict(guidance=-1.0), dict(guidance_source="x")])
 def test_bad_regimes_are_refused(bad):
     with pytest.raises(ValueError):
         Regime(**bad)
@@ -166,6 +166,41 @@ def test_unet_calls_per_regime():
     assert Regime(kind="sdedit", sampling_steps=3).unet_calls() == 3
     assert Regime(kind="research").unet_calls() == 40
     assert Regime(kind="full", inversion_steps=5, sampling_steps=4).unet_calls() == 9
+    # guidance asks the UNet twice per sampling step (target and source's own condition)
+    assert Regime(kind="dual", inversion_steps=5, sampling_steps=4, guidance=1.0).unet_calls() == 13
+    assert Regime(kind="sdedit", sampling_steps=3, guidance=2.0).unet_calls() == 6
+
+
+def test_guidance_extrapolates_the_target_prediction_away_from_the_source_condition(bundle_dir):
+    """Each guided sampling step uses ``eps_t + w (eps_t - eps_own)``, with the UNet asked under both conditions."""
+    from hcld_bids.model.harmonize import guided
+
+    target = lambda z, t: z * 2.0  # noqa: E731
+    own = lambda z, t: z + 1.0  # noqa: E731
+    z = torch.linspace(-1, 1, 8)
+    torch.testing.assert_close(guided(target, own, 0.5)(z, 3), 2 * z + 0.5 * (2 * z - z - 1))
+
+    h = Harmonizer(load_bundle(bundle_dir))
+    style = h.style_from_site("A")
+    conditions = []
+    forward = h.unet.forward
+    h.unet.forward = lambda zt, t, c=None: (conditions.append(c.clone()), forward(zt, t, c))[1]
+    plain = Regime(kind="dual", strength=0.4, inversion_steps=3, sampling_steps=2)
+    base = h.harmonize(_volume(), style, regime=plain)
+    assert len(conditions) == 5
+    conditions.clear()
+    out = h.harmonize(_volume(), style, regime=Regime(**{**plain.to_dict(), "guidance": 2.0}))
+    assert len(conditions) == 3 + 2 * 2
+    # inversion under the own latent, then every sampling step under the target's and the own latent
+    own_c, target_c = conditions[0], style.latent.expand_as(conditions[0])
+    assert all(torch.equal(c, own_c) for c in conditions[:3])
+    assert torch.equal(conditions[3], target_c) and torch.equal(conditions[4], own_c)
+    assert not np.allclose(out, base)
+    # with the source's nearest trained site as its style, guidance toward that same site changes nothing
+    h.unet.forward = forward
+    assert h.nearest_sites(h.encode(h._to_device([_volume()]))) == ["A"]
+    same = h.harmonize(_volume(), style, regime=Regime(**{**plain.to_dict(), "guidance": 2.0, "guidance_source": "site"}))
+    np.testing.assert_allclose(same, base, atol=1e-5)
 
 
 def test_research_regime_queries_the_unet_only_at_small_timesteps(bundle_dir):

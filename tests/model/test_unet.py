@@ -65,3 +65,33 @@ def test_networks_reject_inconsistent_level_settings(make):
         make(channels=(16, 32, 32), attention_levels=(False, True))
     with pytest.raises(ValueError, match="divisible by norm_groups=8"):
         make(channels=(16, 20, 32), attention_levels=(False, False, True))
+
+
+def test_style_embedding_reads_the_condition_statistics_and_starts_as_the_plain_network(tiny_unet_config):
+    from hcld_bids.model.unet import condition_style
+
+    torch.manual_seed(0)
+    plain = DiffusionUNet(**tiny_unet_config)
+    styled = DiffusionUNet(**tiny_unet_config, style_embedding=True)
+    assert styled.config["style_embedding"] and "style_embedding" not in plain.config  # older manifests unchanged
+    missing = set(styled.state_dict()) - set(plain.state_dict())
+    assert missing and all(k.startswith("style_embed.") for k in missing)
+    styled.load_state_dict({**styled.state_dict(), **plain.state_dict()})
+    torch.nn.init.normal_(plain.out_conv.weight, std=0.1)  # a network whose output is not zero
+    torch.nn.init.normal_(styled.out_conv.weight, std=0.1)
+    styled.out_conv.weight.data.copy_(plain.out_conv.weight)
+    z, c = torch.randn(2, 6, 4, 4, 4), torch.randn(2, 6, 4, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(styled(z, 10, c), plain(z, 10, c))  # the zeroed last layer adds nothing
+        torch.nn.init.normal_(styled.style_embed[2].weight, std=0.5)
+        base = styled(z, 10, c)
+        # the statistics of the whole condition can be passed for a crop, and are the default otherwise
+        torch.testing.assert_close(styled(z, 10, c, condition_style(c)), base)
+        assert not torch.allclose(styled(z, 10, c, condition_style(c * 2 + 1)), base)
+        # the statistics: channel means, then log standard deviations
+        stats = condition_style(c)
+        assert stats.shape == (2, 12)
+        torch.testing.assert_close(stats[:, :6], c.flatten(2).mean(2))
+        torch.testing.assert_close(stats[:, 6:].exp(), c.flatten(2).std(2, correction=0), rtol=1e-4, atol=1e-4)
+    again = DiffusionUNet.from_config(json.loads(json.dumps(styled.config)))
+    again.load_state_dict(styled.state_dict())

@@ -251,7 +251,9 @@ def test_denoise_by_timestep_benchmark_prints_one_row_per_timestep(packs, traine
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
             if line.startswith("| ") and not line.startswith("| t ") and not line.startswith("| ---")]
     assert [int(r[0]) for r in rows] == [5, 400]
-    mse, estimate, undenoised, oracle = ([float(r[i]) for r in rows] for i in (2, 3, 4, 5))
+    mse, mse_other, effect, estimate, undenoised, oracle = ([float(r[i]) for r in rows] for i in (2, 3, 4, 5, 6, 7))
     assert all(o > 0.99 for o in oracle)  # the formula with the true noise gives the latent back
     assert undenoised[1] < undenoised[0] <= 1.0  # more noise left in, further from the reconstruction
     assert all(m > 0 for m in mse) and all(0 < e <= 1 for e in estimate)
+    # the other sites' prototypes differ from the own one, so the prediction moves (the tiny pack has 2+ sites)
+    assert all(m > 0 for m in mse_other) and all(e > 0 for e in effect)

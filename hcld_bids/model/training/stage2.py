@@ -36,7 +36,7 @@ from .. import losses
 from ..ddim import NoiseSchedule
 from ..fusion import adain, channel_stats
 from ..prototypes import SitePrototype, encode_scaled, prototype_from_latents
-from ..unet import DiffusionUNet
+from ..unet import DiffusionUNet, condition_style
 from .config import LDMTrainConfig
 from .data import random_crop_box, scale_box, volume_tensor
 from .distributed import DistContext, setup, unwrap
@@ -193,13 +193,14 @@ class _Stage2(TrainingRun):
                 low = torch.randint(0, int(cfg.timestep_focus), (len(idx),), generator=gen)
                 t = torch.where(torch.rand(len(idx), generator=gen) < cfg.timestep_focus_prob, low, t)
             t = t.to(self.device)
+            style = condition_style(cond) if unwrap(self.unet).style_embed is not None else None  # whole condition
             if cfg.latent_crop:
                 box = (slice(None), slice(None), *random_crop_box(z_s.shape[2:], cfg.latent_crop, gen))
                 z_s, cond, real, noise = z_s[box], cond[box].contiguous(), real[box], noise[box]
             with self._sync(self.unet, last), self.autocast():
                 z_f = adain(z_s, style_stats)
                 z_t = self.schedule.add_noise(z_f, noise, t)
-                eps_hat = self.unet(z_t, t, cond).float()
+                eps_hat = self.unet(z_t, t, cond, style).float()
                 z0_hat = self.schedule.predict_z0(z_t, eps_hat, t, cfg.z0_clip)
                 l_noise = losses.noise_loss(eps_hat, noise)
                 l_content = losses.content_loss(z_s, z0_hat)
