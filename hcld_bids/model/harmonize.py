@@ -23,10 +23,13 @@ Regimes (``Regime.kind``), ``t* = round(strength * (T - 1))`` on the training sc
   model's clean-latent estimate, the posterior mean; more calls give a sharper sample).
 * ``adain``: no diffusion: the decoded fused latent (the floor the diffusion model has to beat).
 
-``guidance`` w > 0 (full, dual, sdedit) steers every sampling step away from the source's own style and
-toward the target's, as classifier-free guidance does with a negative condition: the sampler uses
-``eps(z, target) + w * (eps(z, target) - eps(z, own latent))``, whose extra term is (up to scale) the
-gradient of the model's log-ratio of target to source style. Each sampling step then costs two UNet calls.
+``guidance`` w > 0 (full, dual, sdedit) steers every sampling step away from the source's style and toward
+the target's, as classifier-free guidance does with a negative condition: the sampler uses
+``eps(z, target) + w * (eps(z, target) - eps(z, source))``, whose extra term is (up to scale) the gradient of
+the model's log-ratio of target to source style; the source is the input's own latent or, with
+``guidance_source="site"``, the prototype of the trained site nearest to it. Each sampling step then costs two
+UNet calls. Measured on the validation heads it does not help (benchmarks/RESULTS.md, "Does the diffusion
+model read its condition?"), so no bundle uses it.
 
 ``detail`` re-injects the input's high frequencies that the autoencoder loses, ``x - D(E(x))`` times the
 gain; ``calibrate`` maps the output's brain intensities by quantiles onto the target's histogram (the site's
@@ -608,11 +611,11 @@ class Harmonizer:
             target_model = self._eps_model(cond, regime.readapt_condition)
             clip = regime.z0_clip
             kind = regime.kind
-            own = negative = None
+            own = None
             if kind == "dual" or (regime.guidance > 0 and kind in ("full", "sdedit")):
                 own = self._eps_model(z_src.clone().contiguous(memory_format=self.memory_format),
                                       regime.readapt_condition)
-            negative = own
+            negative = own  # the source's style in the guidance
             if regime.guidance > 0 and regime.guidance_source == "site":
                 negative = self._eps_model(torch.cat([self._condition(self.bundle.prototypes[s], 1)
                                                       for s in self.nearest_sites(z_src)]), regime.readapt_condition)

@@ -184,6 +184,9 @@ def test_citing_an_unknown_key_is_an_error(tmp_path, monkeypatch):
      ["strength of 0.5"]),
     ({"kind": "dual", "strength": 0.5, "inversion_steps": 10, "sampling_steps": 8}, {},
      ["10 deterministic", "own latent map", "8 DDIM steps conditioned on the target", "DDIB"]),
+    ({"kind": "dual", "strength": 0.3, "guidance": 2.0, "guidance_source": "site"}, {},
+     ["guided away from the source's style with a weight of 2.0", "trained site nearest to the source",
+      "classifier-free guidance"]),
     (None, {}, ["30 deterministic DDIM steps", "10 DDIM sampling steps"]),
 ])
 def test_methods_text_says_which_inference_regime_ran(tmp_path, inference, flags, fragments):
@@ -199,6 +202,7 @@ def test_methods_text_says_which_inference_regime_ran(tmp_path, inference, flags
         assert "SDEdit" not in text
     if not (inference or {}).get("calibrate"):
         assert "quantiles" not in text
+    assert ("guided away" in text) is bool((inference or {}).get("guidance"))
 
 
 @pytest.mark.parametrize("linear_skip", [True, False])
