@@ -24,8 +24,9 @@ def test_harmonize_speed_quick_prints_and_writes_the_table(tmp_path):
     # one throughput row per batch size (--quick: 1 and 2 volumes), volumes per second = batch / seconds
     throughput = [r for r in table if r["path"] == "throughput"]
     assert [r["batch"] for r in throughput] == ["1", "2"]
-    for r in throughput:
-        assert abs(float(r["volumes_per_s"]) * float(r["total_s"]) - int(r["batch"])) < 0.01
+    for r in throughput:  # both figures are written to 3 decimals: allow that rounding, nothing more
+        vps, total = float(r["volumes_per_s"]), float(r["total_s"])
+        assert abs(vps * total - int(r["batch"])) <= 5e-4 * (vps + total) + 1e-6
     for path in ("ours", "reference"):
         parts = [float(rows[path][k]) for k in ("encode_s", "inversion_s", "sampling_s", "decode_s")]
         assert all(p > 0 for p in parts) and float(rows[path]["total_s"]) >= sum(parts) * 0.99
