@@ -305,7 +305,7 @@ def parse_regime(spec: str, base):
             changes[key] = None
         elif key in ("inversion_steps", "sampling_steps"):
             changes[key] = int(value)
-        elif str(types[key]) in ("str", "<class 'str'>"):
+        elif isinstance(getattr(base, key), str):
             changes[key] = value
         else:
             changes[key] = float(value)

@@ -438,12 +438,12 @@ class Harmonizer:
     def nearest_sites(self, z: torch.Tensor) -> list[str]:
         """For each latent of ``z`` (scaled, ``(N, C, d, h, w)``) the trained site whose prototype's channel
         statistics are closest (squared differences of the channel means and of the log standard deviations)."""
+        from .unet import condition_style
+
         names = sorted(self.bundle.prototypes)
-        mean, std = (v.flatten(1).float().cpu() for v in channel_stats(z))
-        dist = torch.stack([((mean - self.bundle.prototype_stats[s]["channel_mean"].float().cpu()) ** 2).sum(1)
-                            + ((std.log() - self.bundle.prototype_stats[s]["channel_std"].float().cpu().log()) ** 2).sum(1)
-                            for s in names], dim=1)
-        return [names[i] for i in dist.argmin(1).tolist()]
+        stats = [self.bundle.prototype_stats[s] for s in names]
+        sites = torch.stack([torch.cat([p["channel_mean"].float(), p["channel_std"].float().log()]) for p in stats])
+        return [names[i] for i in torch.cdist(condition_style(z).cpu(), sites.cpu()).argmin(1).tolist()]
 
     # ----------------------------------------------------------------------------------- harmonize
 
@@ -611,12 +611,12 @@ class Harmonizer:
             target_model = self._eps_model(cond, regime.readapt_condition)
             clip = regime.z0_clip
             kind = regime.kind
-            own = None
-            if kind == "dual" or (regime.guidance > 0 and kind in ("full", "sdedit")):
-                own = self._eps_model(z_src.clone().contiguous(memory_format=self.memory_format),
-                                      regime.readapt_condition)
-            negative = own  # the source's style in the guidance
-            if regime.guidance > 0 and regime.guidance_source == "site":
+            guided_sampling = regime.guidance > 0 and kind in ("full", "dual", "sdedit")
+            own = negative = None  # the source's own latent as condition; the source's style in the guidance
+            if kind == "dual" or (guided_sampling and regime.guidance_source == "own"):
+                own = negative = self._eps_model(z_src.clone().contiguous(memory_format=self.memory_format),
+                                                 regime.readapt_condition)
+            if guided_sampling and regime.guidance_source == "site":
                 negative = self._eps_model(torch.cat([self._condition(self.bundle.prototypes[s], 1)
                                                       for s in self.nearest_sites(z_src)]), regime.readapt_condition)
             t0 = time.perf_counter()
@@ -634,7 +634,7 @@ class Harmonizer:
             t0 = time.perf_counter()
             if kind in ("full", "dual", "sdedit"):
                 steps = min(regime.sampling_steps, t_star)
-                sampler = target_model if regime.guidance <= 0 else guided(target_model, negative, regime.guidance)
+                sampler = guided(target_model, negative, regime.guidance) if guided_sampling else target_model
                 z = self.schedule.sample(z, sampler, steps, t_star, callback=report("sampling", steps), clip=clip)
             elif kind == "research":
                 z = self._research_path(z, target_model, report)

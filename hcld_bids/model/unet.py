@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .fusion import channel_stats
 from .layers import (Conv3d, DepthToSpace, Downsample, ResBlock, SelfAttention, SpaceToDepth, Upsample,
                      level_settings, norm_silu, timestep_embedding)
 
@@ -182,6 +183,7 @@ class DiffusionUNet(nn.Module):
 
 
 def condition_style(condition: torch.Tensor) -> torch.Tensor:
-    """``(N, 2 C)``: per-channel mean and log standard deviation of a condition latent over its grid."""
-    var, mean = torch.var_mean(condition.float().flatten(2), dim=2, correction=0)
-    return torch.cat([mean, 0.5 * torch.log(var + 1e-6)], dim=1)
+    """``(N, 2 C)``: per-channel mean and log standard deviation (:func:`~.fusion.channel_stats`) of a condition
+    latent over its grid."""
+    mean, std = channel_stats(condition)
+    return torch.cat([mean.flatten(1), std.log().flatten(1)], dim=1)
