@@ -167,7 +167,7 @@ def quick_inputs(root: Path, bundle_path: Path, scans: list[str]):
     from hcld_bids.preproc.grid import GridSpec, crop_to_grid
     from hcld_bids.reports.synthetic import resample_scan
     from hcld_bids.testing.dataset import SCANNERS
-    from hcld_bids.workflows.train import site_histograms
+    from hcld_bids.levels.train import site_targets
 
     grid = GridSpec.from_dict(load_bundle(bundle_path).manifest["preprocessing"]["grid"])
     images = {}
@@ -181,11 +181,11 @@ def quick_inputs(root: Path, bundle_path: Path, scans: list[str]):
         shutil.rmtree(dest)
     shutil.copytree(bundle_path, dest)
     labels = list(images)
-    hists = site_histograms([images[k][1] for k in labels], [images[k][2] for k in labels],
-                            [images[k][0] for k in labels])
-    by_site = {v: [images[k][1] for k in labels if images[k][0] == v] for v in hists}
+    targets = site_targets([images[k][1] for k in labels], [images[k][2] for k in labels],
+                           [images[k][0] for k in labels])
+    by_site = {v: [images[k][1] for k in labels if images[k][0] == v] for v in targets}
     add_prototypes(dest, by_site, overwrite_sites=True,
-                   site_info={v: {"intensity_histogram": hists[v], "n_images": len(by_site[v])} for v in by_site})
+                   site_info={v: {**targets[v], "n_images": len(by_site[v])} for v in by_site})
     return dest, images
 
 

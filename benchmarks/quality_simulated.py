@@ -11,6 +11,9 @@ target site by
 - ``input``: nothing (the unharmonized image);
 - ``histmatch``: per-site histogram matching: the brain intensities are mapped by quantiles onto the target
   site's training histogram stored in the bundle manifest (``sites.<site>.intensity_histogram``);
+- ``histmatch_spectrum`` (when the bundle stores the sites' power spectra): the spectral calibration of
+  :mod:`hcld_bids.model.spectrum` onto the target site's stored spectrum (exponent 1; the gain measured on
+  the histogram-matched image), then histogram matching as above: the two calibrations of the Harmonizer without any network;
 - ``nyul``: Nyul & Udupa piecewise-linear landmark normalization (landmarks: brain percentiles 1, 10, 20,
   ..., 90, 99). The standard scale must come from target-site images, and the bundle holds no training
   images, so it is fitted **leave one subject out**: the mean landmarks of the target site's images of the
@@ -35,7 +38,7 @@ target site by
   output that is decoded without detail re-injection;
 - one method per ``--regime NAME=KIND[,key=value...]``: the Harmonizer with that
   :class:`hcld_bids.model.harmonize.Regime` (keys: strength, inversion_steps, sampling_steps, detail,
-  calibrate, z0_clip, readapt_condition, guidance, guidance_source), e.g. ``sdedit30=sdedit,strength=0.3,sampling_steps=1``;
+  calibrate, reference_calibration, spectrum, z0_clip, readapt_condition, guidance, guidance_source), e.g. ``sdedit30=sdedit,strength=0.3,sampling_steps=1``;
 - ``--chain`` adds the loss budget of a bundle, in the order the path loses or gains: ``recon``,
   ``latent_adain``, then the regimes of :data:`CHAIN` without post-processing: ``full`` (full inversion,
   30 + 10 steps), ``research`` (the research code's mismatched schedule), ``dual10`` (DDIB, strength 0.1),
@@ -82,6 +85,7 @@ if str(REPO) not in sys.path:
 
 from _tables import markdown_table  # noqa: E402
 
+from hcld_bids.model.spectrum import match_spectrum  # noqa: E402
 from hcld_bids.reports import metrics  # noqa: E402
 
 DEMO_BUNDLE = REPO / "hcld_bids" / "data" / "models" / "demo"
@@ -423,7 +427,10 @@ def main(argv=None) -> int:
             ap.error(str(err))
     if args.chain:
         regimes.update(chain_ablations(harmonizer.default_regime))
-    methods = METHODS + tuple(f"hcld_t{t}" for t in args.t_end) + (("recon",) if args.chain else ()) \
+    spectra = {t: bundle.manifest["sites"][t].get("power_spectrum") for t in targets}
+    with_spectrum = all(v is not None for v in spectra.values())
+    methods = METHODS + (("histmatch_spectrum",) if with_spectrum else ()) \
+        + tuple(f"hcld_t{t}" for t in args.t_end) + (("recon",) if args.chain else ()) \
         + (("latent_adain",) if (args.latent_adain or args.chain) else ()) + tuple(regimes)
     pair_rows, clf_rows, hcld_seconds = [], [], []
     for target in targets:
@@ -446,6 +453,10 @@ def main(argv=None) -> int:
                     hcld_seconds.append(seconds)
                 outputs = {"input": inp, "histmatch": histogram_match(inp, mask, hist["edges"], hist["density"]),
                            "nyul": nyul_map(inp, mask, standards[sub]), "hcld": hcld}
+                if with_spectrum:
+                    outputs["histmatch_spectrum"] = histogram_match(
+                        match_spectrum(inp, mask, spectra[target], measure=outputs["histmatch"]), mask,
+                        hist["edges"], hist["density"])
                 for t_end in args.t_end:
                     outputs[f"hcld_t{t_end}"], seconds_t = _hcld_output(
                         harmonizer, args.cache, f"{sub}_{source}_to_{target}", inp, mask, style, args, t_end)

@@ -82,6 +82,16 @@ def check_new_sites(records, model) -> None:
             )
 
 
+def site_targets(volumes, masks, sites) -> dict:
+    """What a bundle's manifest stores per site for the calibrations of the harmonizer:
+    ``{site: {"intensity_histogram": ..., "power_spectrum": ...}}``."""
+    from ..model.spectrum import site_spectra
+
+    hists = site_histograms(volumes, masks, sites)
+    spectra = site_spectra(volumes, masks, sites)
+    return {s: {"intensity_histogram": hists[s], "power_spectrum": spectra[s]} for s in hists}
+
+
 def add_site_prototypes(config, records) -> int:
     """Prototype-only mode: copy ``--model`` to OUTPUT_DIR/models/hcld with the selected sites' prototypes."""
     from ..config import TRAINED_MODEL_SUBDIR
@@ -98,7 +108,7 @@ def add_site_prototypes(config, records) -> int:
                                              grid=model.grid, registration=model.registration)
     sites = [r.site for r in records]
     by_site = {site: [v for v, s in zip(volumes, sites) if s == site] for site in sorted(set(sites))}
-    hists = site_histograms(volumes, masks, sites)
+    targets = site_targets(volumes, masks, sites)
     if dest.resolve() != model.path.resolve():
         tmp = dest.with_name(f".{dest.name}.copy-{config.execution.run_uuid}")
         shutil.copytree(model.path, tmp)
@@ -112,7 +122,7 @@ def add_site_prototypes(config, records) -> int:
         # the networks' training record (manifest["training"]["data"]) is kept as it is: these sites are
         # listed apart from it, each flagged added_without_training
         bundle = add_prototypes(dest, by_site, overwrite_sites=True,
-                                site_info={s: {"intensity_histogram": hists[s], "n_images": len(by_site[s]),
+                                site_info={s: {**targets[s], "n_images": len(by_site[s]),
                                                "participants": subjects[s], **added} for s in by_site})
     except ModelError as err:
         raise model_error(err) from None
@@ -224,12 +234,12 @@ def run_train(config, records) -> int:
         raise HCLDError("training stopped before its last step; run the same command again to continue")
 
     dest = config.execution.output_dir / TRAINED_MODEL_SUBDIR
-    hists = site_histograms(volumes, masks, sites)
+    targets = site_targets(volumes, masks, sites)
     summary = _data_summary(records, sites)
     manifest = {
         "name": f"hcld-{config.execution.run_uuid[:15]}",
         "preprocessing": spec,
-        "sites": {s: {"n_images": summary["sites"][s], "intensity_histogram": hists[s]} for s in summary["sites"]},
+        "sites": {s: {"n_images": summary["sites"][s], **targets[s]} for s in summary["sites"]},
         "training": {
             "command": " ".join(sys.argv),
             "bids_dir": str(config.execution.bids_dir),

@@ -36,7 +36,11 @@ gain; ``calibrate`` maps the output's brain intensities by quantiles onto the ta
 stored training histogram, or the reference image's own). A site's histogram averages many heads; a reference
 image's is one head's, and carries that head's tissue proportions as well as its scanner, so toward a
 reference the calibrated output is blended with the uncalibrated one, ``(1 - w) * out + w * calibrated`` with
-``w = reference_calibration`` (1: full calibration, as toward a site).
+``w = reference_calibration`` (1: full calibration, as toward a site). ``spectrum`` (an exponent, 0: off)
+runs before the histogram's calibration: it filters the output so that its power in each band of spatial
+frequency moves toward the target's (the site's stored mean spectrum, or the reference image's own, then with
+the exponent times ``reference_calibration``), which blurs toward a blurrier site and sharpens toward a
+sharper one (:mod:`hcld_bids.model.spectrum`).
 
 Cost decisions: a target style is encoded once and cached (by the sha256 of the reference volume); a site
 prototype needs no encoding at all; only the final latent is decoded; on CPU the networks run in
@@ -66,6 +70,7 @@ import torch
 from .ddim import NoiseSchedule
 from .errors import InputVolumeError, UnknownSiteError
 from .fusion import adain, channel_stats
+from .spectrum import band_power, match_spectrum
 
 ProgressFn = Callable[[str, int, int], None]
 LOGGER = logging.getLogger("hcld_bids.model")
@@ -93,6 +98,10 @@ class Regime:
         calibrate: quantile-map the output's brain intensities onto the target's histogram.
         reference_calibration: weight ``w`` in [0, 1] of that calibration when the target is a reference image
             (``(1 - w) * out + w * calibrated``); a site's calibration is always full.
+        spectrum: exponent of the spectral calibration before the histogram's (0: none; 1: the output's band
+            powers become the target's, :func:`hcld_bids.model.spectrum.match_spectrum`); toward a reference
+            image it is multiplied by ``reference_calibration`` (one head's spectrum, like its histogram,
+            carries its anatomy as well as its scanner).
         z0_clip: clamp each clean-latent estimate to ``[-z0_clip, z0_clip]`` (full, dual, sdedit).
         readapt_condition: before every UNet call replace the condition by ``AdaIN(condition, z)``.
         guidance: weight ``w`` of the step away from the source's own style at every sampling step (0: off).
@@ -108,6 +117,7 @@ class Regime:
     detail: float = 0.0
     calibrate: bool = False
     reference_calibration: float = 1.0
+    spectrum: float = 0.0
     z0_clip: float | None = None
     readapt_condition: bool = False
     guidance: float = 0.0
@@ -124,6 +134,8 @@ class Regime:
             raise ValueError(f"detail gain must be non-negative, got {self.detail}")
         if not 0.0 <= float(self.reference_calibration) <= 1.0:
             raise ValueError(f"reference_calibration must be in [0, 1], got {self.reference_calibration}")
+        if float(self.spectrum) < 0:
+            raise ValueError(f"spectrum exponent must be non-negative, got {self.spectrum}")
         if float(self.guidance) < 0:
             raise ValueError(f"guidance must be non-negative, got {self.guidance}")
         if self.guidance_source not in ("own", "site"):
@@ -148,6 +160,11 @@ class Regime:
         if not self.calibrate:
             return 0.0
         return float(self.reference_calibration) if reference else 1.0
+
+    def spectrum_exponent(self, reference: bool) -> float:
+        """Exponent of the spectral calibration that runs: ``spectrum``, times ``reference_calibration`` toward
+        a reference image."""
+        return float(self.spectrum) * (float(self.reference_calibration) if reference else 1.0)
 
     def t_end(self, num_train_timesteps: int) -> int:
         return max(1, int(round(float(self.strength) * (num_train_timesteps - 1))))
@@ -199,6 +216,8 @@ class Style:
         channel_mean / channel_std: ``(C,)`` statistics imposed on the source latent by AdaIN.
         source: ``"site:<label>"`` or ``"reference:<sha256 of the reference volume>"`` (for provenance).
         histogram: ``(edges, density)`` of the target's brain intensities on [0, 1] (for calibration), or None.
+        spectrum: band powers of the target's brain (:func:`hcld_bids.model.spectrum.band_power`; for the
+            spectral calibration), or None.
     """
 
     latent: torch.Tensor
@@ -206,6 +225,7 @@ class Style:
     channel_std: torch.Tensor
     source: str
     histogram: tuple | None = None
+    spectrum: np.ndarray | None = None
 
 
 def calibrate(vol: np.ndarray, mask: np.ndarray, histogram, weight: float = 1.0) -> np.ndarray:
@@ -418,11 +438,14 @@ class Harmonizer:
             known = ", ".join(sorted(self.bundle.prototypes)) or "none"
             raise UnknownSiteError(f"unknown target site {name!r}; sites of model {self.bundle.path}: {known}")
         stats = self.bundle.prototype_stats[name]
-        hist = ((self.bundle.manifest.get("sites") or {}).get(name) or {}).get("intensity_histogram")
+        site = (self.bundle.manifest.get("sites") or {}).get(name) or {}
+        hist = site.get("intensity_histogram")
         histogram = (np.asarray(hist["edges"], float), np.asarray(hist["density"], float)) if hist else None
+        spectrum = site.get("power_spectrum")
         return Style(latent=self.bundle.prototypes[name].to(self.device, torch.float32),
                      channel_mean=stats["channel_mean"].to(self.device), channel_std=stats["channel_std"].to(self.device),
-                     source=f"site:{name}", histogram=histogram)
+                     source=f"site:{name}", histogram=histogram,
+                     spectrum=None if spectrum is None else np.asarray(spectrum, float))
 
     def style_from_volume(self, vol) -> Style:
         """The style of a preprocessed reference volume (encoded once per distinct volume)."""
@@ -432,7 +455,8 @@ class Harmonizer:
             z = self.encode(self._to_device([arr]))
             mean, std = channel_stats(z)
             self._style_cache[key] = Style(latent=z, channel_mean=mean.flatten(), channel_std=std.flatten(),
-                                           source=f"reference:{key}", histogram=brain_histogram(arr, arr > 0))
+                                           source=f"reference:{key}", histogram=brain_histogram(arr, arr > 0),
+                                           spectrum=band_power(arr, arr > 0))
         return self._style_cache[key]
 
     def nearest_sites(self, z: torch.Tensor) -> list[str]:
@@ -510,6 +534,10 @@ class Harmonizer:
         if regime.calibrate and style.histogram is None:
             raise InputVolumeError(f"calibration needs the target's intensity histogram, and {style.source} has "
                                    f"none; use a bundle whose manifest stores the site's histogram")
+        if regime.spectrum > 0 and style.spectrum is None:
+            raise InputVolumeError(f"spectral calibration needs the target's power spectrum, and {style.source} has "
+                                   f"none; add the site's prototype again with this version of hcld-bids, or set "
+                                   f"the regime's spectrum to 0")
         t_star = regime.t_end(self.schedule.num_train_timesteps) if t_end is None else int(t_end)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
@@ -652,10 +680,14 @@ class Harmonizer:
         for i, arr in enumerate(out):
             arr = np.ascontiguousarray(arr, dtype=np.float32)
             mask = masks[i] if masks is not None and masks[i] is not None else None
+            brain = (arrays[i] > 0) if mask is None else (mask > 0)
+            reference = style.source.startswith("reference:")
+            exponent = regime.spectrum_exponent(reference)
+            if exponent > 0:  # the gain is measured in the target's intensity units
+                measure = None if style.histogram is None else match_histogram(arr, brain, *style.histogram)
+                arr = match_spectrum(arr, brain, style.spectrum, exponent, measure=measure)
             if regime.calibrate:
-                brain = (arrays[i] > 0) if mask is None else (mask > 0)
-                arr = calibrate(arr, brain, style.histogram,
-                                regime.calibration_weight(reference=style.source.startswith("reference:")))
+                arr = calibrate(arr, brain, style.histogram, regime.calibration_weight(reference))
             if mask is not None:
                 arr[mask <= 0] = 0.0
             results.append(arr)

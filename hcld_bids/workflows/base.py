@@ -84,6 +84,8 @@ def _regime_provenance(regime: dict, reference: bool = False) -> dict:
         # 1: the brain histogram mapped onto the target's; below 1 (toward a reference image) blended with the
         # unmapped output
         "IntensityCalibrationWeight": Regime.from_dict(regime).calibration_weight(reference),
+        # exponent of the spectral calibration (0: none): band powers moved toward the target's power spectrum
+        "SpectralCalibration": Regime.from_dict(regime).spectrum_exponent(reference),
         "Regime": dict(regime),
     }
 

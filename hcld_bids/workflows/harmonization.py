@@ -92,10 +92,15 @@ def regime_description(regime: dict, reference: bool = False) -> str:
     if float(regime.get("detail") or 0) > 0:
         extras.append("the image detail the autoencoder does not reproduce (the input minus its "
                       "reconstruction) was added back")
-    if regime.get("calibrate"):
-        from ..model.harmonize import Regime
+    from ..model.harmonize import Regime
 
-        weight = Regime.from_dict(regime).calibration_weight(reference)
+    parsed = Regime.from_dict(regime)
+    exponent = parsed.spectrum_exponent(reference)
+    if exponent > 0:
+        extras.append("the image was filtered so that its power in bands of spatial frequency matched the "
+                      "target's power spectrum" + (f" (exponent {exponent:g})" if exponent != 1 else ""))
+    if regime.get("calibrate"):
+        weight = parsed.calibration_weight(reference)
         extras.append("the brain intensities were mapped by quantiles onto the target's intensity histogram"
                       + (f" (blended with the unmapped image, weight {weight:g} on the mapped one)" if weight < 1 else ""))
     return text + ("; after decoding, " + " and ".join(extras) if extras else "")

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 # imported from here by benchmarks/quality_real_vendors.py
-from ..reports.metrics import site_histograms  # noqa: F401
 
 
 def _export(model_t1w, model_mask, dest_t1w, dest_mask):

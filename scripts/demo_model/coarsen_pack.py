@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from train_demo import load_pack, save_pack
 
-    from hcld_bids.levels.train import site_histograms
+    from hcld_bids.levels.train import site_targets
 
     if not (args.pack / "inputs.npz").is_file():
         raise SystemExit(f"{args.pack}: not a pack (no inputs.npz); make one with pack_inputs.py")
@@ -77,9 +77,9 @@ def main(argv=None) -> int:
     save_pack(args.dest, coarse, coarse_masks, sites, labels)
     base_path = args.pack / "manifest_base.json"
     base = json.loads(base_path.read_text()) if base_path.is_file() else {}
-    hists = site_histograms(coarse, coarse_masks, sites)
+    targets = site_targets(coarse, coarse_masks, sites)
     for site, entry in (base.get("sites") or {}).items():
-        entry["intensity_histogram"] = hists[site]
+        entry.update(targets[site])
     spec = dict(base.get("preprocessing") or {})
     spec["resolution"] = int(spec.get("resolution", 2)) * args.factor
     spec["grid"] = {"shape": list(shape), "coarsened_from": (spec.get("grid") or {}).get("shape"),

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     from hcld_bids.bids.sites import resolve_sites
     from hcld_bids.preproc.spec import preprocessing_spec
     from hcld_bids.workflows.base import _t1w_label
-    from hcld_bids.levels.train import DEFAULT_TEMPLATE, _data_summary, site_histograms
+    from hcld_bids.levels.train import DEFAULT_TEMPLATE, _data_summary, site_targets
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from train_demo import save_pack
@@ -64,10 +64,10 @@ def main(argv=None) -> int:
     args.dest.mkdir(parents=True, exist_ok=True)
     save_pack(args.dest, volumes, masks, sites, [_t1w_label(r) for r in kept], uint8=args.uint8)
     summary = _data_summary(kept, sites)
-    hists = site_histograms(volumes, masks, sites)
+    targets = site_targets(volumes, masks, sites)
     base = {
         "preprocessing": preprocessing_spec(DEFAULT_TEMPLATE, 2),
-        "sites": {s: {"n_images": summary["sites"][s], "intensity_histogram": hists[s]} for s in summary["sites"]},
+        "sites": {s: {"n_images": summary["sites"][s], **targets[s]} for s in summary["sites"]},
         "training": {"bids_dir": str(args.bids_dir), "data": summary,
                      "subjects": sorted({r.subject for r in kept})},
     }

@@ -74,9 +74,10 @@ RECIPE = {
                "timestep_focus_prob": 0.75},
     # chosen on the validation heads (benchmarks/RESULTS.md, "Inference regimes"): dual conditions (DDIB) to 10 %
     # of the diffusion, 0.75 of the lost detail added back, the brain histogram calibrated to the target's (half
-    # way toward a reference image's: "A reference image from a site the model never saw")
+    # way toward a reference image's: "A reference image from a site the model never saw"), after the spectral
+    # calibration onto the target's power spectrum ("Spectral calibration")
     "inference": {"kind": "dual", "strength": 0.1, "inversion_steps": 10, "sampling_steps": 10, "detail": 0.75,
-                  "calibrate": True, "reference_calibration": 0.5},
+                  "calibrate": True, "reference_calibration": 0.5, "spectrum": 1.0},
     "eval_every": {"stage1": 100, "stage2": 500},
 }
 
@@ -281,6 +282,20 @@ def heldout_noise_loss(unet, schedule, latents, sites, prototypes, device, seed:
 
 # ----------------------------------------------------------------------------------------------- bundle
 
+def add_missing_spectra(base: dict, volumes, masks, sites) -> None:
+    """Give every site of a manifest base the power spectrum of the spectral calibration (packs made before it
+    existed have none), computed from the pack's images."""
+    from hcld_bids.model.spectrum import site_spectra
+
+    entries = base.get("sites") or {}
+    missing = [s for s, e in entries.items() if "power_spectrum" not in e]
+    if missing:
+        keep = [i for i, s in enumerate(sites) if s in missing]
+        spectra = site_spectra([volumes[i] for i in keep], [masks[i] for i in keep], [sites[i] for i in keep])
+        for site in missing:
+            entries[site]["power_spectrum"] = spectra[site]
+
+
 def write_bundle(dest: Path, state: State, ae, scale_factor: float, unet, schedule, prototypes, base: dict,
                  extra_training: dict) -> None:
     from hcld_bids.model.bundle import save_bundle
@@ -337,6 +352,7 @@ def run(args) -> int:
     volumes, masks, sites, labels = load_pack(args.pack)
     base = json.loads((Path(args.pack) / "manifest_base.json").read_text())
     volumes, masks, sites, _, base = exclude_sites(volumes, masks, sites, labels, base, args.exclude_site)
+    add_missing_spectra(base, volumes, masks, sites)
     augment = functools.partial(site_augment, exclude=tuple(args.exclude_site))
     val_volumes, val_masks, val_sites, _ = load_pack(args.val_pack) if args.val_pack else ([], [], [], [])
     if args.val_limit:

@@ -54,6 +54,7 @@ def test_added_sites_are_recorded_apart_from_the_training_data_and_the_methods_t
     for site, n in (("Boston", 1), ("Oslo", 2)):
         entry = manifest["sites"][site]
         assert entry["added_without_training"] is True and entry["n_images"] == n
+        assert len(entry["power_spectrum"]) == 8 ** 3 and min(entry["power_spectrum"]) >= 0
     text = render_markdown(citation_context(config, manifest, target_site="Oslo", level="participant"))
     _assert_text_matches_manifest(text, manifest)
 

@@ -6,6 +6,7 @@ import torch
 
 from hcld_bids.model import Harmonizer, compute_site_prototype, load_bundle, save_bundle
 from hcld_bids.model.harmonize import REGIMES, Regime, brain_histogram, match_histogram
+from hcld_bids.model.spectrum import band_power
 
 GRID = (16, 32, 16)
 
@@ -23,8 +24,11 @@ def bundle_dir(tmp_path, tiny_models):
     vols = [_volume(i) for i in range(2)]
     edges, density = brain_histogram(np.full(GRID, 0.8, np.float32) * np.linspace(0.2, 1, GRID[2]), np.ones(GRID))
     hist = {"edges": edges.tolist(), "density": density.tolist()}
+    from scipy.ndimage import gaussian_filter
+
+    spectrum = band_power(gaussian_filter(_volume(7), (0, 0, 1.5)), np.ones(GRID), 4).tolist()  # a z-blurred site
     save_bundle(tmp_path / "b", ae, unet, 1.3, {"A": compute_site_prototype(ae, vols, 1.3)},
-                {"sites": {"A": {"intensity_histogram": hist, "n_images": 2}},
+                {"sites": {"A": {"intensity_histogram": hist, "power_spectrum": spectrum, "n_images": 2}},
                  "inference": {"kind": "sdedit", "strength": 0.3, "sampling_steps": 2, "calibrate": True}})
     return tmp_path / "b"
 
@@ -126,6 +130,44 @@ def test_reference_calibration_blends_toward_a_reference_and_not_toward_a_site(b
             np.testing.assert_array_equal(none, full)
 
 
+def test_spectral_calibration_moves_the_output_spectrum_to_the_target_before_the_histogram(bundle_dir):
+    h = Harmonizer(load_bundle(bundle_dir))
+    mask = _volume() > 0
+    for style in (h.style_from_site("A"), h.style_from_volume(np.clip(_volume(11) ** 2, 0, 1))):
+        target = style.spectrum
+        dist = lambda v: np.abs(np.log(band_power(v, mask, round(len(target) ** (1 / 3))) / target)).mean()  # noqa: E731
+        # the gain is measured on the output mapped onto the target's histogram, in the target's units
+        plain = h.harmonize(_volume(), style, regime=Regime(kind="adain", calibrate=True), mask=mask)
+        spec = h.harmonize(_volume(), style, regime=Regime(kind="adain", calibrate=True, spectrum=1.0), mask=mask)
+        assert dist(spec) < 0.5 * dist(plain), style.source
+        # the histogram calibration still runs last: the brain's intensity distribution is the target's
+        edges, density = style.histogram
+        cdf = lambda d: np.cumsum(d * np.diff(edges))  # noqa: E731
+        assert np.abs(cdf(brain_histogram(spec, mask)[1]) - cdf(density)).max() < 0.02
+        assert not spec[~mask].any() and 0 <= spec.min() and spec.max() <= 1
+
+
+def test_spectral_exponent_toward_a_reference_is_scaled_by_the_reference_calibration(bundle_dir):
+    r = Regime(kind="adain", spectrum=2.0, reference_calibration=0.25)
+    assert r.spectrum_exponent(reference=False) == 2.0 and r.spectrum_exponent(reference=True) == 0.5
+    h = Harmonizer(load_bundle(bundle_dir))
+    mask = _volume() > 0
+    ref = h.style_from_volume(np.clip(_volume(11) ** 2, 0, 1))
+    run = lambda **kw: h.harmonize(_volume(), ref, regime=Regime(kind="adain", **kw), mask=mask)  # noqa: E731
+    np.testing.assert_allclose(run(spectrum=1.0, reference_calibration=0.5), run(spectrum=0.5), atol=1e-6)
+    assert not np.allclose(run(spectrum=1.0), run(spectrum=0.5), atol=1e-4)
+
+
+def test_spectral_calibration_without_a_site_spectrum_is_a_clear_error(tmp_path, tiny_models):
+    from hcld_bids.model import InputVolumeError
+
+    ae, unet = tiny_models
+    save_bundle(tmp_path / "nospec", ae, unet, 1.0, {"A": compute_site_prototype(ae, [_volume()], 1.0)})
+    h = Harmonizer(load_bundle(tmp_path / "nospec"))
+    with pytest.raises(InputVolumeError, match="power spectrum"):
+        h.harmonize(_volume(), h.style_from_site("A"), regime=Regime(kind="adain", spectrum=1.0))
+
+
 def test_reference_style_carries_its_own_histogram(bundle_dir):
     h = Harmonizer(load_bundle(bundle_dir))
     ref = _volume(11) * 0.5
@@ -148,7 +190,8 @@ def test_match_histogram_keeps_order_and_outside():
 
 @pytest.mark.parametrize("bad", [dict(kind="magic"), dict(strength=0.0), dict(strength=1.5),
                                  dict(sampling_steps=0), dict(detail=-1.0), dict(reference_calibration=-0.1),
-                                 dict(reference_calibration=1.5), dict(guidance=-1.0), dict(guidance_source="x")])
+                                 dict(reference_calibration=1.5), dict(guidance=-1.0), dict(guidance_source="x"),
+                                 dict(spectrum=-1.0)])
 def test_bad_regimes_are_refused(bad):
     with pytest.raises(ValueError):
         Regime(**bad)

@@ -215,6 +215,30 @@ def test_methods_text_says_when_the_autoencoder_has_a_linear_path(tmp_path, line
     assert "None" not in text and "{{" not in text and " ," not in text
 
 
+@pytest.mark.parametrize("spectrum", [0.0, 1.0, 1.5])
+def test_methods_text_and_sidecar_say_when_the_spectrum_is_calibrated(tmp_path, spectrum):
+    from hcld_bids.workflows.base import _regime_provenance
+    from hcld_bids.workflows.harmonization import regime_description
+
+    inference = {"kind": "dual", "strength": 0.1, "inversion_steps": 10, "sampling_steps": 10, "detail": 0.75,
+                 "calibrate": True, "reference_calibration": 0.5, "spectrum": spectrum}
+    manifest = dict(MANIFEST, inference=inference)
+    site = " ".join(boilerplate.render_markdown(boilerplate.citation_context(
+        _config(tmp_path, target_site="siteA"), manifest)).split())
+    ref = " ".join(boilerplate.render_markdown(boilerplate.citation_context(
+        _config(tmp_path, reference_image=Path("/data/ref_T1w.nii.gz")), manifest)).split())
+    assert ("matched the target's power spectrum (the mean spectrum of the site's training images" in site) \
+        == (spectrum > 0)
+    # toward one reference head the exponent is scaled by the reference calibration's weight
+    assert (f"(the reference image's own, with the gain raised to the power {spectrum * 0.5}" in ref) \
+        == (spectrum > 0)
+    assert ("raised to the power 1.5" in site) == (spectrum == 1.5)
+    assert ("power spectrum" in regime_description(inference)) == (spectrum > 0)
+    assert ("exponent 0.5" in regime_description(inference, reference=True)) == (spectrum == 1)
+    assert _regime_provenance(inference)["SpectralCalibration"] == spectrum
+    assert _regime_provenance(inference, reference=True)["SpectralCalibration"] == spectrum * 0.5
+
+
 def test_workflow_description_says_when_the_reference_calibration_is_partial():
     from hcld_bids.workflows.harmonization import regime_description
 

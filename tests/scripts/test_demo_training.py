@@ -112,9 +112,13 @@ def test_train_demo_resumes_from_its_state_and_writes_a_bundle(packs, trained):
     assert manifest["training"]["recipe"]["autoencoder"]["patch_size"] == 2
     assert len(manifest["training"]["learning_curve"]) == 4
     assert set(manifest["sites"]) == {"siteA", "siteB"}
+    # the pack predates the spectral calibration: the bundle's sites get their spectra from its images
+    assert all(len(e["power_spectrum"]) == 8 ** 3 for e in manifest["sites"].values())
     h = Harmonizer(load_bundle(bundle))
     vol = train_demo.load_pack(packs[1])[0][0]
     out = h.harmonize(vol, h.style_from_site("siteA"), mask=vol > 0)
+    spectral = h.harmonize(vol, h.style_from_site("siteA"), regime=h.resolve_regime(spectrum=1.0), mask=vol > 0)
+    assert not spectral[vol == 0].any() and not np.allclose(spectral, out, atol=1e-3)
     assert out.shape == vol.shape and not out[vol == 0].any()
     # only the state, no pile of checkpoints: one checkpoint per stage
     assert sorted(p.name for p in state.rglob("checkpoint*")) == ["checkpoint.safetensors", "checkpoint.safetensors"]
@@ -213,6 +217,7 @@ def test_coarsen_pack_averages_blocks_pads_and_recomputes_the_site_histograms(tm
     for site in ("siteA", "siteB"):
         density = np.asarray(base["sites"][site]["intensity_histogram"]["density"])
         assert density.sum() > 0 and not np.allclose(density, old["sites"][site]["intensity_histogram"]["density"])
+        assert len(base["sites"][site]["power_spectrum"]) == 8 ** 3
     with pytest.raises(SystemExit, match="smaller than the coarse grid"):
         coarsen_pack.main([str(src), str(tmp_path / "c2"), "--pad-to", "8", "8", "8"])
     with pytest.raises(SystemExit, match="not a pack"):
@@ -257,3 +262,30 @@ def test_denoise_by_timestep_benchmark_prints_one_row_per_timestep(packs, traine
     assert all(m > 0 for m in mse) and all(0 < e <= 1 for e in estimate)
     # the other sites' prototypes differ from the own one, so the prediction moves (the tiny pack has 2+ sites)
     assert all(m > 0 for m in mse_other) and all(e > 0 for e in effect)
+
+
+def test_set_site_spectra_writes_each_sites_spectrum_and_checks_the_inference_keys(packs, trained, tmp_path):
+    import shutil
+
+    import set_site_spectra
+
+    from hcld_bids.model import Harmonizer, load_bundle
+    from hcld_bids.model.spectrum import band_power
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained["bundle"], bundle)
+    before = json.loads((bundle / "manifest.json").read_text())
+    assert set_site_spectra.main(["--bundle", str(bundle), "--pack", str(packs[0]),
+                                  "--inference", "spectrum=1.0"]) == 0
+    after = json.loads((bundle / "manifest.json").read_text())
+    vols, masks, sites, _ = train_demo.load_pack(packs[0])
+    for site in ("siteA", "siteB"):
+        expected = np.mean([band_power(v, m) for v, m, s in zip(vols, masks, sites) if s == site], axis=0)
+        np.testing.assert_allclose(after["sites"][site]["power_spectrum"], expected, rtol=1e-5)
+        assert after["sites"][site]["intensity_histogram"] == before["sites"][site]["intensity_histogram"]
+    assert after["inference"] == {**before["inference"], "spectrum": 1.0} and after["weights"] == before["weights"]
+    assert Harmonizer(load_bundle(bundle)).default_regime.spectrum == 1.0
+    with pytest.raises(SystemExit, match="unknown inference settings"):
+        set_site_spectra.main(["--bundle", str(bundle), "--pack", str(packs[0]), "--inference", "sharpen=2"])
+    with pytest.raises(SystemExit, match="no images of the bundle's sites siteB"):
+        set_site_spectra.main(["--bundle", str(bundle), "--pack", str(_pack(tmp_path / "a", sites=("siteA",)))])

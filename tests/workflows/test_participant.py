@@ -54,6 +54,7 @@ def test_train_level_writes_a_bundle_with_every_site_and_its_histogram(trained):
         hist = entry["intensity_histogram"]
         assert len(hist["edges"]) == len(hist["density"]) + 1
         assert hist["edges"][0] == 0.0 and hist["edges"][-1] == 1.0
+        assert len(entry["power_spectrum"]) == 8 ** 3 and entry["power_spectrum"][0] > 0  # the DC band
     assert manifest["preprocessing"]["template"] == TPL
     assert manifest["preprocessing"]["grid"]["shape"] == [80, 96, 80]
     assert manifest["training"]["data"] == {"n_images": 3, "n_participants": 3,
