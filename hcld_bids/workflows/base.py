@@ -67,9 +67,10 @@ def _provenance(static, style, device, wall_time, timings, low, high, preprocess
     return block
 
 
-def _regime_provenance(regime: dict, reference: bool = False) -> dict:
+def _regime_provenance(regime: dict, reference: bool = False, target_images: int = 1) -> dict:
     """Sidecar keys of the inference regime: its kind, strength, DDIM steps and post-processing (toward a
-    reference image when ``reference``: the weight of its calibration)."""
+    reference image when ``reference``: the weight of its calibration; ``target_images``: how many images the
+    target's spectrum averages, 1 for a reference)."""
     from ..model.harmonize import Regime
 
     calls = {"sdedit": (None, regime["sampling_steps"]), "adain": (None, None), "research": (30, 10)}
@@ -85,9 +86,15 @@ def _regime_provenance(regime: dict, reference: bool = False) -> dict:
         # unmapped output
         "IntensityCalibrationWeight": Regime.from_dict(regime).calibration_weight(reference),
         # exponent of the spectral calibration (0: none): band powers moved toward the target's power spectrum
-        "SpectralCalibration": Regime.from_dict(regime).spectrum_exponent(reference),
+        "SpectralCalibration": Regime.from_dict(regime).spectrum_exponent(1 if reference else target_images),
         "Regime": dict(regime),
     }
+
+
+def _site_images(manifest: dict, site: str | None) -> int:
+    """How many images a site's stored histogram and spectrum average (as the Harmonizer reads it)."""
+    entry = (manifest.get("sites") or {}).get(site) or {}
+    return int(entry.get("n_images") or (entry.get("prototype") or {}).get("n_images") or 1)
 
 
 def static_provenance(config, model, record, device: str) -> dict:
@@ -116,7 +123,8 @@ def static_provenance(config, model, record, device: str) -> dict:
         # reports say so and show how much it changed
         "SourceIsTarget": bool(config.workflow.target_site) and record.site == config.workflow.target_site,
         "ReferenceImage": str(reference) if reference else None,
-        **_regime_provenance(inference_regime(model.manifest, config.workflow), reference=bool(reference)),
+        **_regime_provenance(inference_regime(model.manifest, config.workflow), reference=bool(reference),
+                             target_images=_site_images(model.manifest, config.workflow.target_site)),
         "RandomSeed": int(config.workflow.random_seed),
         "RequestedDevice": config.workflow.device,
         "Template": model.template,

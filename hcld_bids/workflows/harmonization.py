@@ -95,10 +95,12 @@ def regime_description(regime: dict, reference: bool = False) -> str:
     from ..model.harmonize import Regime
 
     parsed = Regime.from_dict(regime)
-    exponent = parsed.spectrum_exponent(reference)
-    if exponent > 0:
+    if parsed.spectrum > 0:
+        share = 1.0 - float(parsed.reference_calibration)
+        rule = (f"gain exponent {parsed.spectrum_exponent(1):g}, as for one image" if reference else
+                f"gain exponent {parsed.spectrum:g} x (1 - {share:g} / n) for a spectrum averaged over n images")
         extras.append("the image was filtered so that its power in bands of spatial frequency matched the "
-                      "target's power spectrum" + (f" (exponent {exponent:g})" if exponent != 1 else ""))
+                      f"target's power spectrum ({rule})")
     if regime.get("calibrate"):
         weight = parsed.calibration_weight(reference)
         extras.append("the brain intensities were mapped by quantiles onto the target's intensity histogram"

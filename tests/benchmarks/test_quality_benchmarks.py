@@ -435,3 +435,29 @@ def test_ceiling_scores_a_rescan_against_the_original(simulated_setting, tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     assert summary["methods_ssim_by_target"] == {"hcld": {"siteA": 0.5, "siteB": 0.7}}
     assert "| siteA |" in stdout and "| all |" in stdout
+
+
+def test_spectral_filters_scores_each_gain_against_the_same_head(simulated_setting, tmp_path):
+    import shutil
+
+    train = tmp_path / "train"
+    train.mkdir()
+    lines = ["participant_id\tsite"]
+    for path in sorted((simulated_setting / "inputs").glob("*_t1w.nii.gz")):
+        sub, site = path.name.split("_")[0][4:], path.name.split("_")[1][4:]
+        label = f"sub-{sub}{site}"
+        shutil.copy(path, train / f"{label}_t1w.nii.gz")
+        shutil.copy(str(path).replace("_t1w", "_mask"), train / f"{label}_mask.nii.gz")
+        lines.append(f"{label}\t{site}")
+    (train / "participants.tsv").write_text("\n".join(lines) + "\n")
+    stdout = _run([BENCH / "spectral_filters.py", "--inputs", simulated_setting / "inputs", "--train", train,
+                   "--train-sites", train / "participants.tsv", "--eval", "h1", "--fit", "h2", "--bins", "4",
+                   "--out", tmp_path / "rows.tsv"])
+    gains = ["ratio_site", "ratio_own", "wiener", "wiener_excess", "oracle_pair", "oracle_image"]
+    rows = _read_tsv(tmp_path / "rows.tsv")
+    assert [(r["source"], r["target"]) for r in rows] == [("siteA", "siteB"), ("siteB", "siteA")]
+    _finite(rows, ["histmatch", *gains])
+    for row in rows:
+        assert all(0 < float(row[k]) <= 1 for k in ["histmatch", *gains])
+        assert float(row["ratio_own"]) != float(row["histmatch"])  # the filter changed the image
+    assert "| all | " in stdout and all(g in stdout for g in gains)

@@ -147,15 +147,18 @@ def test_spectral_calibration_moves_the_output_spectrum_to_the_target_before_the
         assert not spec[~mask].any() and 0 <= spec.min() and spec.max() <= 1
 
 
-def test_spectral_exponent_toward_a_reference_is_scaled_by_the_reference_calibration(bundle_dir):
+def test_spectral_exponent_shrinks_for_a_spectrum_of_few_images(bundle_dir):
     r = Regime(kind="adain", spectrum=2.0, reference_calibration=0.25)
-    assert r.spectrum_exponent(reference=False) == 2.0 and r.spectrum_exponent(reference=True) == 0.5
+    assert r.spectrum_exponent(1) == 0.5 and r.spectrum_exponent(3) == 1.5 and r.spectrum_exponent(300) == 1.995
     h = Harmonizer(load_bundle(bundle_dir))
     mask = _volume() > 0
     ref = h.style_from_volume(np.clip(_volume(11) ** 2, 0, 1))
-    run = lambda **kw: h.harmonize(_volume(), ref, regime=Regime(kind="adain", **kw), mask=mask)  # noqa: E731
-    np.testing.assert_allclose(run(spectrum=1.0, reference_calibration=0.5), run(spectrum=0.5), atol=1e-6)
-    assert not np.allclose(run(spectrum=1.0), run(spectrum=0.5), atol=1e-4)
+    site = h.style_from_site("A")
+    assert ref.images == 1 and site.images == 2  # the site's n_images in the manifest
+    run = lambda style, **kw: h.harmonize(_volume(), style, regime=Regime(kind="adain", **kw), mask=mask)  # noqa: E731
+    np.testing.assert_allclose(run(ref, spectrum=1.0, reference_calibration=0.5), run(ref, spectrum=0.5), atol=1e-6)
+    np.testing.assert_allclose(run(site, spectrum=1.0, reference_calibration=0.5), run(site, spectrum=0.75), atol=1e-6)
+    assert not np.allclose(run(ref, spectrum=1.0), run(ref, spectrum=0.5), atol=1e-4)
 
 
 def test_spectral_calibration_without_a_site_spectrum_is_a_clear_error(tmp_path, tiny_models):
