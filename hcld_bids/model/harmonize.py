@@ -232,6 +232,13 @@ class Style:
     images: int = 1
 
 
+def site_images(manifest: dict, site: str | None) -> int:
+    """How many images a site's stored histogram and spectrum average (its ``n_images``, else its prototype's;
+    1 when the manifest does not say)."""
+    entry = (manifest.get("sites") or {}).get(site) or {}
+    return int(entry.get("n_images") or (entry.get("prototype") or {}).get("n_images") or 1)
+
+
 def calibrate(vol: np.ndarray, mask: np.ndarray, histogram, weight: float = 1.0) -> np.ndarray:
     """The calibration step: ``vol`` with its intensities inside ``mask`` quantile-mapped onto ``histogram``
     (``(edges, density)``), blended as ``(1 - weight) * vol + weight * mapped`` (weight 1: the mapped image)."""
@@ -450,7 +457,7 @@ class Harmonizer:
                      channel_mean=stats["channel_mean"].to(self.device), channel_std=stats["channel_std"].to(self.device),
                      source=f"site:{name}", histogram=histogram,
                      spectrum=None if spectrum is None else np.asarray(spectrum, float),
-                     images=int(site.get("n_images") or stats.get("count") or 1))
+                     images=site_images(self.bundle.manifest, name))
 
     def style_from_volume(self, vol) -> Style:
         """The style of a preprocessed reference volume (encoded once per distinct volume)."""

@@ -91,12 +91,6 @@ def _regime_provenance(regime: dict, reference: bool = False, target_images: int
     }
 
 
-def _site_images(manifest: dict, site: str | None) -> int:
-    """How many images a site's stored histogram and spectrum average (as the Harmonizer reads it)."""
-    entry = (manifest.get("sites") or {}).get(site) or {}
-    return int(entry.get("n_images") or (entry.get("prototype") or {}).get("n_images") or 1)
-
-
 def static_provenance(config, model, record, device: str) -> dict:
     """Provenance keys known before the workflow runs."""
     import platform
@@ -104,6 +98,7 @@ def static_provenance(config, model, record, device: str) -> dict:
     import torch
 
     from .. import __version__
+    from ..model.harmonize import site_images
     from ..templates import is_shipped
     from .harmonization import inference_regime
 
@@ -124,7 +119,7 @@ def static_provenance(config, model, record, device: str) -> dict:
         "SourceIsTarget": bool(config.workflow.target_site) and record.site == config.workflow.target_site,
         "ReferenceImage": str(reference) if reference else None,
         **_regime_provenance(inference_regime(model.manifest, config.workflow), reference=bool(reference),
-                             target_images=_site_images(model.manifest, config.workflow.target_site)),
+                             target_images=site_images(model.manifest, config.workflow.target_site)),
         "RandomSeed": int(config.workflow.random_seed),
         "RequestedDevice": config.workflow.device,
         "Template": model.template,
