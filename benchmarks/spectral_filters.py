@@ -10,7 +10,9 @@ frequency domain by a real gain per band (``--bins`` bands per axis), then histo
 - ``ratio_site``: ``sqrt(P_target / P_source)`` with both site means over the training images (``--train``
   images, sites from ``--train-sites``, a participants.tsv; the source's site is known here, not in the
   product);
-- ``ratio_own``: the same with the image's own band powers (what the product computes);
+- ``ratio_own``: the same with the filtered image's own band powers;
+- ``ratio_input``: the same with the band powers of the input mapped onto the target's histogram (what the
+  product computes; the same as ``ratio_own`` on the ``histmatch`` base);
 - ``wiener``: ``sqrt(S_target * S_own) / P_own`` with ``S = P - N``, ``N`` a white noise floor read off the
   highest-frequency corner bands (the lowest power among bands whose three indices are in the top quarter);
 - ``wiener_excess``: only the source's noise beyond the target site's is treated as noise;
@@ -46,7 +48,7 @@ import quality_simulated as qs  # noqa: E402
 
 from hcld_bids.model.spectrum import band_index, band_power  # noqa: E402
 
-GAINS = ("ratio_site", "ratio_own", "wiener", "wiener_excess", "oracle_pair", "oracle_image")
+GAINS = ("ratio_site", "ratio_own", "ratio_input", "wiener", "wiener_excess", "oracle_pair", "oracle_image")
 
 
 def apply_gain(vol, mask, gain, bins):
@@ -147,6 +149,7 @@ def main(argv=None) -> int:
             gains = {
                 "ratio_site": np.sqrt(site_power[(t, t)] / np.maximum(site_power[(s, t)], 1e-12)),
                 "ratio_own": np.sqrt(p_t / np.maximum(p_own, 1e-12)),
+                "ratio_input": np.sqrt(p_t / np.maximum(band_power(hm[t](vol, mask), mask, args.bins), 1e-12)),
                 "wiener": np.sqrt(s_t * s_own) / np.maximum(p_own, 1e-12),
                 "wiener_excess": np.sqrt(np.clip(p_t - excess, 0, None) * np.clip(p_own - excess, 0, None))
                 / np.maximum(p_own, 1e-12),

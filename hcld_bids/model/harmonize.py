@@ -37,11 +37,15 @@ stored training histogram, or the reference image's own). A site's histogram ave
 image's is one head's, and carries that head's tissue proportions as well as its scanner, so toward a
 reference the calibrated output is blended with the uncalibrated one, ``(1 - w) * out + w * calibrated`` with
 ``w = reference_calibration`` (1: full calibration, as toward a site). ``spectrum`` (an exponent, 0: off)
-runs before the histogram's calibration: it filters the output so that its power in each band of spatial
-frequency moves toward the target's (the site's stored mean spectrum, or the reference image's own), which
-blurs toward a blurrier site and sharpens toward a sharper one (:mod:`hcld_bids.model.spectrum`); a spectrum
-averaged over few heads carries their anatomy, so its exponent shrinks toward ``spectrum *
-reference_calibration`` for one head (:meth:`Regime.spectrum_exponent`).
+runs before the histogram's calibration: it filters the output by the band gains that would take the input's
+power in each band of spatial frequency to the target's (the site's stored mean spectrum, or the reference
+image's own), which blurs toward a blurrier site and sharpens toward a sharper one
+(:mod:`hcld_bids.model.spectrum`). The input's band powers are measured after mapping it onto the target's
+histogram (band powers depend on contrast), and on the input rather than the output: the autoencoder has
+already smoothed away part of a noisy input's noise, and a gain measured on the output would put it back
+(validation heads: 0.866 against 0.863; benchmarks/RESULTS.md). A spectrum averaged over few heads carries
+their anatomy, so its exponent shrinks toward ``spectrum * reference_calibration`` for one head
+(:meth:`Regime.spectrum_exponent`).
 
 Cost decisions: a target style is encoded once and cached (by the sha256 of the reference volume); a site
 prototype needs no encoding at all; only the final latent is decoded; on CPU the networks run in
@@ -695,9 +699,10 @@ class Harmonizer:
             brain = (arrays[i] > 0) if mask is None else (mask > 0)
             reference = style.source.startswith("reference:")
             exponent = regime.spectrum_exponent(style.images)
-            if exponent > 0:  # the gain is measured in the target's intensity units
-                measure = None if style.histogram is None else match_histogram(arr, brain, *style.histogram)
-                arr = match_spectrum(arr, brain, style.spectrum, exponent, measure=measure)
+            if exponent > 0:  # the gain is the input's, in the target's intensity units (module docstring)
+                source = np.asarray(arrays[i], np.float32)
+                measure = source if style.histogram is None else match_histogram(source, brain, *style.histogram)
+                arr = np.clip(match_spectrum(arr, brain, style.spectrum, exponent, measure=measure), 0.0, 1.0)
             if regime.calibrate:
                 arr = calibrate(arr, brain, style.histogram, regime.calibration_weight(reference))
             if mask is not None:

@@ -10,9 +10,10 @@ intensity histogram; a reference image gives its own.
 :func:`match_spectrum` filters a volume by the real gain ``(P_target / P_own) ** (exponent / 2)`` in each
 band (``exponent`` 1: the output's band powers become the target's). The filter is linear, zero-phase and
 global, so it keeps the anatomy where it is; it blurs toward a blurrier target and sharpens toward a sharper
-one, and it amplifies whatever the band holds (noise included). Band powers depend on the contrast too, so
-the gain is measured on the volume mapped onto the target's intensity histogram (the same units as the
-target's spectrum) and then applied to the volume before its own histogram calibration. Measured on held-out heads in
+one, and it amplifies whatever the band holds (noise included). The gain can be measured on another volume
+than the one it filters (``measure``): the harmonizer measures it on its input mapped onto the target's
+intensity histogram (band powers depend on the contrast; the target's spectrum is in those units) and applies
+it to its output before the output's own histogram calibration. Measured on held-out heads in
 benchmarks/RESULTS.md ("Spectral calibration").
 """
 
@@ -71,9 +72,8 @@ def site_spectra(volumes, masks, sites, bins: int = SPECTRUM_BINS) -> dict:
 def match_spectrum(vol: np.ndarray, mask: np.ndarray, target, exponent: float = 1.0, measure=None) -> np.ndarray:
     """``vol`` filtered so that the band powers of its brain move toward ``target`` (a :func:`band_power`
     spectrum of the same grid): gain ``(target / own) ** (exponent / 2)`` per band, 1 where either power is
-    zero. ``own`` is the band power of ``measure`` (default ``vol``): band powers depend on the contrast, so
-    the harmonizer measures them on the output mapped onto the target's intensity histogram, in the units of
-    ``target``. The brain (``vol * mask``) is filtered; voxels outside ``mask`` are returned unchanged."""
+    zero. ``own`` is the band power of ``measure`` (default ``vol``; the harmonizer gives its input mapped
+    onto the target's intensity histogram, in the units of ``target``). The brain (``vol * mask``) is filtered; voxels outside ``mask`` are returned unchanged."""
     target = np.asarray(target, dtype=np.float64)
     bins = _bins_of(target)
     vol = np.asarray(vol, dtype=np.float32)

@@ -453,11 +453,12 @@ def test_spectral_filters_scores_each_gain_against_the_same_head(simulated_setti
     stdout = _run([BENCH / "spectral_filters.py", "--inputs", simulated_setting / "inputs", "--train", train,
                    "--train-sites", train / "participants.tsv", "--eval", "h1", "--fit", "h2", "--bins", "4",
                    "--out", tmp_path / "rows.tsv"])
-    gains = ["ratio_site", "ratio_own", "wiener", "wiener_excess", "oracle_pair", "oracle_image"]
+    gains = ["ratio_site", "ratio_own", "ratio_input", "wiener", "wiener_excess", "oracle_pair", "oracle_image"]
     rows = _read_tsv(tmp_path / "rows.tsv")
     assert [(r["source"], r["target"]) for r in rows] == [("siteA", "siteB"), ("siteB", "siteA")]
     _finite(rows, ["histmatch", *gains])
     for row in rows:
         assert all(0 < float(row[k]) <= 1 for k in ["histmatch", *gains])
         assert float(row["ratio_own"]) != float(row["histmatch"])  # the filter changed the image
+        assert float(row["ratio_input"]) == float(row["ratio_own"])  # on this base the input is the image
     assert "| all | " in stdout and all(g in stdout for g in gains)
