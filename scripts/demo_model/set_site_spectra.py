@@ -3,8 +3,8 @@
     python scripts/demo_model/set_site_spectra.py --bundle BUNDLE --pack DATA/pack-train [--inference KEY=VALUE ...]
 
 The spectra (:func:`hcld_bids.model.spectrum.site_spectra`) are computed from the pack of the images the
-bundle was trained on (``pack_inputs.py``), for every site of the bundle; the weights, prototypes and intensity
-histograms are left as they are. ``--inference`` sets keys of the manifest's ``inference`` block (checked by
+bundle was trained on (``pack_inputs.py``), for every site of the bundle that has none
+(:func:`train_demo.add_missing_spectra`); the weights, prototypes and intensity histograms are left as they are. ``--inference`` sets keys of the manifest's ``inference`` block (checked by
 :class:`hcld_bids.model.harmonize.Regime`). The manifest is replaced atomically.
 """
 
@@ -38,8 +38,7 @@ def _value(text: str):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from hcld_bids.model.harmonize import Regime
-    from hcld_bids.model.spectrum import site_spectra
-    from train_demo import load_pack
+    from train_demo import add_missing_spectra, load_pack
 
     path = args.bundle / "manifest.json"
     if not path.is_file():
@@ -50,9 +49,7 @@ def main(argv=None) -> int:
     if missing:
         raise SystemExit(f"{args.pack}: no images of the bundle's sites {', '.join(missing)}; give the pack the "
                          f"bundle was trained on")
-    spectra = site_spectra(volumes, masks, sites)
-    for site, entry in manifest["sites"].items():
-        entry["power_spectrum"] = spectra[site]
+    add_missing_spectra(manifest, volumes, masks, sites)
     changes = {}
     for item in args.inference:
         key, sep, value = item.partition("=")
