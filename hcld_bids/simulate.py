@@ -103,6 +103,7 @@ __all__ = [
     "random_site",
     "reference_intensity",
     "restyle_model_volume",
+    "restyle_unscaled",
     "simulate",
     "voxel_axes",
 ]
@@ -415,12 +416,29 @@ def restyle_model_volume(volume: np.ndarray, effect: SiteEffect, rng: np.random.
     from .preproc.intensity import scale_intensity, scaling_reference
 
     vol = np.asarray(volume, dtype=np.float32)
+    out = restyle_unscaled(vol, effect, rng, voxel_mm)
+    if out is None:
+        return vol.copy()
+    brain = vol > 0
+    low, high = scaling_reference(out, brain)
+    out = scale_intensity(out, low, high)
+    out[~brain] = 0.0
+    return out
+
+
+def restyle_unscaled(volume: np.ndarray, effect: SiteEffect, rng: np.random.Generator,
+                     voxel_mm: float = 2.0, resample_slices: bool = False) -> np.ndarray | None:
+    """:func:`restyle_model_volume` before its final rescaling (None when the volume has too little brain or
+    no positive reference intensity). With ``resample_slices``, thick slices are also sampled as
+    :func:`simulate` samples them (every ``thickness / voxel_mm`` voxels, noise added there, then linearly
+    interpolated back), so that their noise is correlated along the slice axis."""
+    vol = np.asarray(volume, dtype=np.float32)
     brain = vol > 0
     if brain.sum() < 100:
-        return vol.copy()
+        return None
     ref = float(np.percentile(vol[brain], _REFERENCE_PERCENTILE))
     if not ref > 0:
-        return vol.copy()
+        return None
     curve = contrast_curve(effect)
     out = np.zeros_like(vol)
     out[brain] = ref * curve(vol[brain] / ref)
@@ -431,9 +449,13 @@ def restyle_model_volume(volume: np.ndarray, effect: SiteEffect, rng: np.random.
         sigmas[effect.slice_axis] = float(np.hypot(sigmas[effect.slice_axis], profile))
     if max(sigmas) > 0:
         out = ndi.gaussian_filter(out, sigmas, mode="nearest", truncate=3.0)
+    step = effect.slice_thickness_mm / voxel_mm
+    thick = resample_slices and step > 1.0
+    axis, n_in = effect.slice_axis, vol.shape[effect.slice_axis]
+    if thick:
+        out = _resample_axis(out, axis, step, int(np.floor((n_in - 1) / step)) + 1)
     if effect.noise > 0:
         out = _rician(np.maximum(out, 0.0), effect.noise * wm_level, rng)
-    low, high = scaling_reference(out, brain)
-    out = scale_intensity(out, low, high)
-    out[~brain] = 0.0
+    if thick:
+        out = _resample_axis(out, axis, 1.0 / step, n_in)
     return out

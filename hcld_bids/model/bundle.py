@@ -7,6 +7,8 @@ Layout::
     autoencoder.safetensors
     unet.safetensors
     prototypes.safetensors     <key>.latent (1, C, d, h, w), <key>.channel_mean (C,), <key>.channel_std (C,)
+    restoration.safetensors    optional: the restoration prior (hcld_bids.model.restore), manifest block
+                               ``restoration`` (config, weights, training record)
 
 Loading reads JSON and safetensors only (nothing is unpickled), checks each weight file against the sha256
 in the manifest and refuses a manifest of a newer format. Writing goes to a temporary sibling directory
@@ -32,12 +34,14 @@ from .autoencoder import AutoencoderKL
 from .ddim import NoiseSchedule
 from .errors import BundleError, BundleIntegrityError, BundleNotFoundError, BundleVersionError
 from .prototypes import SitePrototype, compute_site_prototype
+from .restore import RestorationNet
 from .unet import DiffusionUNet
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 AE_FILE = "autoencoder.safetensors"
 UNET_FILE = "unet.safetensors"
+RESTORE_FILE = "restoration.safetensors"
 PROTO_FILE = "prototypes.safetensors"
 
 
@@ -70,6 +74,8 @@ class ModelBundle:
     prototype_stats: dict[str, dict] = field(default_factory=dict)
     weights_sha256: dict[str, str] = field(default_factory=dict)
     sha256: str = ""
+    #: the restoration prior, when the bundle has one (manifest block ``restoration``)
+    restoration: RestorationNet | None = None
 
     @property
     def scheduler(self) -> NoiseSchedule:
@@ -114,10 +120,15 @@ def _state_dict_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in module.state_dict().items()}
 
 
-def _write_tree(tmp: Path, autoencoder, unet, prototypes: dict[str, SitePrototype], manifest: dict) -> None:
+def _write_tree(tmp: Path, autoencoder, unet, prototypes: dict[str, SitePrototype], manifest: dict,
+                restoration: RestorationNet | None = None) -> None:
     tmp.mkdir(parents=True)
     save_file(_state_dict_cpu(autoencoder), str(tmp / AE_FILE))
     save_file(_state_dict_cpu(unet), str(tmp / UNET_FILE))
+    files = [AE_FILE, UNET_FILE, PROTO_FILE]
+    if restoration is not None:
+        save_file(_state_dict_cpu(restoration), str(tmp / RESTORE_FILE))
+        files.append(RESTORE_FILE)
     tensors = {}
     sites = manifest.setdefault("sites", {})
     for i, (site, proto) in enumerate(sorted(prototypes.items())):
@@ -128,7 +139,7 @@ def _write_tree(tmp: Path, autoencoder, unet, prototypes: dict[str, SitePrototyp
         entry = sites.setdefault(site, {})
         entry["prototype"] = {"key": key, "n_images": int(proto.count)}
     save_file(tensors, str(tmp / PROTO_FILE))
-    manifest["weights"] = {name: file_sha256(tmp / name) for name in (AE_FILE, UNET_FILE, PROTO_FILE)}
+    manifest["weights"] = {name: file_sha256(tmp / name) for name in files}
     manifest["sha256"] = bundle_digest(manifest["weights"])
     with open(tmp / MANIFEST, "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
@@ -153,12 +164,14 @@ def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
 
 def save_bundle(path, autoencoder: AutoencoderKL, unet: DiffusionUNet, scale_factor: float,
                 prototypes: dict[str, SitePrototype] | None = None, manifest_extra: dict | None = None, *,
-                schedule: NoiseSchedule | None = None, overwrite: bool = False) -> Path:
+                schedule: NoiseSchedule | None = None, overwrite: bool = False,
+                restoration: RestorationNet | None = None, restoration_training: dict | None = None) -> Path:
     """Write a bundle directory atomically and return its path.
 
     ``manifest_extra`` is merged into the manifest; its usual keys are ``name``, ``preprocessing`` (template,
     resolution, grid shape, crop start, intensity scaling: opaque to the model core), ``sites`` (site ->
-    ``{"n_images": ...}``), ``training`` and ``metrics``.
+    ``{"n_images": ...}``), ``training`` and ``metrics``. ``restoration`` (optional) is the restoration prior,
+    ``restoration_training`` its training record (manifest ``restoration.training``).
     """
     path = Path(path)
     schedule = schedule or NoiseSchedule()
@@ -182,14 +195,17 @@ def save_bundle(path, autoencoder: AutoencoderKL, unet: DiffusionUNet, scale_fac
         if key == "sites":
             for site, entry in value.items():
                 manifest["sites"].setdefault(site, {}).update(entry)
-        elif key in ("format_version", "weights", "sha256"):
+        elif key in ("format_version", "weights", "sha256", "restoration"):
             raise ValueError(f"manifest key {key!r} is written by save_bundle itself")
         else:
             manifest[key] = value
+    if restoration is not None:
+        manifest["restoration"] = {"class": "RestorationNet", "config": restoration.config, "weights": RESTORE_FILE,
+                                   "training": _jsonable(restoration_training or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        _write_tree(tmp, autoencoder, unet, prototypes or {}, manifest)
+        _write_tree(tmp, autoencoder, unet, prototypes or {}, manifest, restoration)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -284,6 +300,15 @@ def load_bundle(path, device="cpu") -> ModelBundle:
         except KeyError:
             raise BundleError(f"{path / proto_file}: prototype {key!r} of site {site!r} is missing; restore the "
                               f"bundle from its source") from None
+    restoration = None
+    section = manifest.get("restoration")
+    if section is not None:
+        name = section.get("weights", RESTORE_FILE) if isinstance(section, dict) else None
+        if not isinstance(name, str) or Path(name).name != name or name not in weights:
+            raise BundleError(f"{mpath}: the restoration block names no weight file with a recorded sha256; "
+                              f"restore the bundle from its source")
+        restoration = _build(RestorationNet, section, _load_weights(path, name, weights[name]), mpath,
+                             "restoration").to(device)
     try:
         schedule = NoiseSchedule.from_config(manifest.get("noise_schedule") or {})
         scale_factor = float(manifest["scale_factor"])
@@ -291,7 +316,7 @@ def load_bundle(path, device="cpu") -> ModelBundle:
         raise BundleError(f"{mpath}: bad noise_schedule or scale_factor ({exc}); restore the bundle") from None
     return ModelBundle(path=path, manifest=manifest, autoencoder=ae.to(device), unet=unet.to(device),
                        schedule=schedule, scale_factor=scale_factor, prototypes=prototypes, prototype_stats=stats,
-                       weights_sha256=dict(weights), sha256=bundle_digest(weights))
+                       weights_sha256=dict(weights), sha256=bundle_digest(weights), restoration=restoration)
 
 
 def add_prototypes(bundle_path, site_volumes: dict, device="cpu", overwrite_sites: bool = False,
@@ -310,11 +335,33 @@ def add_prototypes(bundle_path, site_volumes: dict, device="cpu", overwrite_site
     protos = {site: bundle.prototype(site) for site in bundle.prototypes}
     for site, volumes in site_volumes.items():
         protos[site] = compute_site_prototype(bundle.autoencoder, volumes, bundle.scale_factor, device)
-    extra = {k: v for k, v in bundle.manifest.items()
-             if k not in ("format_version", "weights", "sha256", "autoencoder", "unet", "noise_schedule",
-                          "scale_factor", "prototypes", "versions", "created", "kind")}
+    extra = _manifest_extra(bundle)
     for site, info in (site_info or {}).items():
         extra.setdefault("sites", {}).setdefault(site, {}).update(info)
     save_bundle(bundle.path, bundle.autoencoder, bundle.unet, bundle.scale_factor, protos, extra,
-                schedule=bundle.schedule, overwrite=True)
+                schedule=bundle.schedule, overwrite=True, **_restoration_of(bundle))
+    return load_bundle(bundle.path, device)
+
+
+def _manifest_extra(bundle: ModelBundle) -> dict:
+    """The parts of ``bundle``'s manifest that ``save_bundle`` takes as ``manifest_extra`` when rewriting it."""
+    return {k: v for k, v in bundle.manifest.items()
+            if k not in ("format_version", "weights", "sha256", "autoencoder", "unet", "noise_schedule",
+                         "scale_factor", "prototypes", "versions", "created", "kind", "restoration")}
+
+
+def _restoration_of(bundle: ModelBundle) -> dict:
+    """``save_bundle`` keywords that keep ``bundle``'s restoration prior."""
+    if bundle.restoration is None:
+        return {}
+    return {"restoration": bundle.restoration,
+            "restoration_training": (bundle.manifest.get("restoration") or {}).get("training")}
+
+
+def add_restoration(bundle_path, net: RestorationNet, training: dict | None = None, device="cpu") -> ModelBundle:
+    """Add (or replace) the restoration prior of a bundle, atomically, without touching its other weights."""
+    bundle = load_bundle(bundle_path, device)
+    protos = {site: bundle.prototype(site) for site in bundle.prototypes}
+    save_bundle(bundle.path, bundle.autoencoder, bundle.unet, bundle.scale_factor, protos, _manifest_extra(bundle),
+                schedule=bundle.schedule, overwrite=True, restoration=net, restoration_training=training)
     return load_bundle(bundle.path, device)

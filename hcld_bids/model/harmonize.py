@@ -47,6 +47,13 @@ already smoothed away part of a noisy input's noise, and a gain measured on the 
 their anatomy, so its exponent shrinks toward ``spectrum * reference_calibration`` for one head
 (:meth:`Regime.spectrum_exponent`).
 
+``restore`` (a weight, 0: off) runs first, on the input: the bundle's restoration prior
+(:mod:`hcld_bids.model.restore`, a small 3D network trained on single images re-rendered with random scanner
+noise and blur) removes the source scanner's noise and blur, ``x + w * (R(x) - x)``; every later step (the
+autoencoder path, the detail, the gain of the spectral calibration) sees the restored input, so the spectral
+calibration puts back the target's own blur. Bundles without a restoration prior refuse a regime that asks for
+it.
+
 Cost decisions: a target style is encoded once and cached (by the sha256 of the reference volume); a site
 prototype needs no encoding at all; only the final latent is decoded; on CPU the networks run in
 ``channels_last_3d`` under ``torch.inference_mode``; on CUDA they run under bf16 autocast and volumes can
@@ -75,6 +82,7 @@ import torch
 from .ddim import NoiseSchedule
 from .errors import InputVolumeError, UnknownSiteError
 from .fusion import adain, channel_stats
+from .restore import restore_volume
 from .spectrum import band_power, match_spectrum
 
 ProgressFn = Callable[[str, int, int], None]
@@ -112,6 +120,8 @@ class Regime:
         guidance_source: the condition that stands for the source's style in the guidance: ``"own"`` (the
             source's own latent) or ``"site"`` (the prototype of the trained site whose channel statistics are
             closest to the source latent's).
+        restore: weight in [0, 1] of the bundle's restoration prior on the input before everything else
+            (``x + w * (R(x) - x)``, :mod:`hcld_bids.model.restore`; 0: off).
     """
 
     kind: str = "full"
@@ -126,6 +136,7 @@ class Regime:
     readapt_condition: bool = False
     guidance: float = 0.0
     guidance_source: str = "own"
+    restore: float = 0.0
 
     def __post_init__(self):
         if self.kind not in REGIMES:
@@ -142,6 +153,8 @@ class Regime:
             raise ValueError(f"spectrum exponent must be non-negative, got {self.spectrum}")
         if float(self.guidance) < 0:
             raise ValueError(f"guidance must be non-negative, got {self.guidance}")
+        if not 0.0 <= float(self.restore) <= 1.0:
+            raise ValueError(f"restore must be in [0, 1], got {self.restore}")
         if self.guidance_source not in ("own", "site"):
             raise ValueError(f"guidance_source must be 'own' or 'site', got {self.guidance_source!r}")
 
@@ -375,7 +388,7 @@ class Harmonizer:
         self.scale_factor = float(bundle.scale_factor)
         self.factor = self.autoencoder.downsampling * self.unet.downsampling
         self._style_cache: dict[str, Style] = {}
-        #: seconds spent in each stage by the last harmonize call: encode, inversion, sampling, decode
+        #: seconds spent in each stage by the last harmonize call: restore, encode, inversion, sampling, decode
         self.last_timings: dict[str, float] = {}
         #: the bundle's default inference regime (its manifest's ``inference`` block; the full inversion with
         #: 30 + 10 steps for bundles without one)
@@ -389,6 +402,10 @@ class Harmonizer:
         self._capture = capture_cuda_graph
         #: (latent shape, condition shape, dtype) -> StaticUNetCall, or None where the capture failed
         self._static_calls: dict = {}
+        #: the bundle's restoration prior (None without one); float32 on every device
+        self.restoration = None
+        if getattr(bundle, "restoration", None) is not None:
+            self.restoration = bundle.restoration.to(self.device).eval().requires_grad_(False)
         if cuda and self.autocast:
             cast_for_autocast(self.autoencoder)
             cast_for_autocast(self.unet)
@@ -554,6 +571,9 @@ class Harmonizer:
             raise InputVolumeError(f"spectral calibration needs the target's power spectrum, and {style.source} has "
                                    f"none; add the site's prototype again with this version of hcld-bids, or set "
                                    f"the regime's spectrum to 0")
+        if regime.restore > 0 and self.restoration is None:
+            raise InputVolumeError(f"the regime restores its input (restore={regime.restore}) and model "
+                                   f"{self.bundle.path} has no restoration prior; set the regime's restore to 0")
         t_star = regime.t_end(self.schedule.num_train_timesteps) if t_end is None else int(t_end)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
@@ -636,12 +656,27 @@ class Harmonizer:
                 samp(i)
         return z
 
+    def restore(self, arrays: Sequence[np.ndarray], masks, weight: float) -> list[np.ndarray]:
+        """``x + weight * (R(x) - x)`` on each brain (zero outside it) with the bundle's restoration prior."""
+        out = []
+        for i, arr in enumerate(arrays):
+            brain = arr > 0 if masks is None or masks[i] is None else masks[i] > 0
+            restored = restore_volume(self.restoration, arr, brain, self.device)
+            out.append(np.where(brain, arr + float(weight) * (restored - arr), 0.0).astype(np.float32))
+        return out
+
     def _harmonize_batch(self, arrays, style, regime: Regime, t_star: int, masks, progress, seed) -> list[np.ndarray]:
-        timings = {"encode": 0.0, "inversion": 0.0, "sampling": 0.0, "decode": 0.0}
+        timings = {"restore": 0.0, "encode": 0.0, "inversion": 0.0, "sampling": 0.0, "decode": 0.0}
 
         def report(stage, total):
             return None if progress is None else (lambda i: progress(stage, i + 1, total))
 
+        brains = [(a > 0) if masks is None or masks[i] is None else (masks[i] > 0) for i, a in enumerate(arrays)]
+        if regime.restore > 0:
+            t0 = time.perf_counter()
+            arrays = self.restore(arrays, brains, regime.restore)
+            self._sync()
+            timings["restore"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         x = self._to_device(arrays)
         z_src = self.encode(x)
@@ -696,7 +731,7 @@ class Harmonizer:
         for i, arr in enumerate(out):
             arr = np.ascontiguousarray(arr, dtype=np.float32)
             mask = masks[i] if masks is not None and masks[i] is not None else None
-            brain = (arrays[i] > 0) if mask is None else (mask > 0)
+            brain = brains[i]
             reference = style.source.startswith("reference:")
             exponent = regime.spectrum_exponent(style.images)
             if exponent > 0:  # the gain is the input's, in the target's intensity units (module docstring)

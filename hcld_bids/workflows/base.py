@@ -87,6 +87,8 @@ def _regime_provenance(regime: dict, reference: bool = False, target_images: int
         "IntensityCalibrationWeight": Regime.from_dict(regime).calibration_weight(reference),
         # exponent of the spectral calibration (0: none): band powers moved toward the target's power spectrum
         "SpectralCalibration": Regime.from_dict(regime).spectrum_exponent(1 if reference else target_images),
+        # weight of the restoration prior's correction on the input (0: none)
+        "InputRestoration": float(regime.get("restore") or 0.0),
         "Regime": dict(regime),
     }
 

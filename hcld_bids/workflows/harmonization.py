@@ -110,7 +110,11 @@ def regime_description(regime: dict, reference: bool = False) -> str:
 
 def _desc(target_site: str | None, regime: dict) -> str:
     target = f"the style prototype of site {target_site}" if target_site else "the style of a reference image"
-    return (
+    weight = float(regime.get("restore") or 0.0)
+    restored = ("The source scanner's noise and blur were first removed from the preprocessed brain by a 3D "
+                "restoration network trained on images re-rendered with simulated scanner effects"
+                + (f" (correction weight {weight:g})" if weight != 1 else "") + ". ") if weight > 0 else ""
+    return restored + (
         f"The preprocessed brain was harmonized toward {target} with HCLD [@hcld]: it was encoded by a 3D "
         "autoencoder into a latent map, whose channel statistics were matched to those of the target style "
         f"(AdaIN [@adain]), {regime_description(regime, reference=not target_site)}; it was decoded back into an image."

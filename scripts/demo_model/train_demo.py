@@ -13,6 +13,8 @@ State folder::
     curve.csv              learning curve: held-out reconstruction SSIM (stage 1) and held-out noise loss
                            (stage 2) against optimizer steps and cumulative wall time, per device
     record.json            every run: command, device, minutes, steps reached
+    restoration/           the restoration prior's state (train_restoration.py: checkpoint.safetensors,
+                           curve.csv); ``--bundle`` stores its network in the bundle
 
 Stage 1 trains until its step target (``recipe.stage1.steps``), then stage 2 starts on latents encoded once
 by the final (EMA) autoencoder; a budget that ends inside a stage stops after a checkpoint, and the next run
@@ -75,9 +77,10 @@ RECIPE = {
     # chosen on the validation heads (benchmarks/RESULTS.md, "Inference regimes"): dual conditions (DDIB) to 10 %
     # of the diffusion, 0.75 of the lost detail added back, the brain histogram calibrated to the target's (half
     # way toward a reference image's: "A reference image from a site the model never saw"), after the spectral
-    # calibration onto the target's power spectrum ("Spectral calibration")
+    # calibration onto the target's power spectrum ("Spectral calibration"), on the input restored half way by the
+    # restoration prior of the state's restoration/ folder ("Restoration prior"; train_restoration.py)
     "inference": {"kind": "dual", "strength": 0.1, "inversion_steps": 10, "sampling_steps": 10, "detail": 0.75,
-                  "calibrate": True, "reference_calibration": 0.5, "spectrum": 1.0},
+                  "calibrate": True, "reference_calibration": 0.5, "spectrum": 1.0, "restore": 0.5},
     "eval_every": {"stage1": 100, "stage2": 500},
 }
 
@@ -317,8 +320,20 @@ def write_bundle(dest: Path, state: State, ae, scale_factor: float, unet, schedu
         "torch": torch.__version__,
         **extra_training,
     })
-    manifest = {**base, "name": dest.name, "training": training, "inference": recipe.get("inference", {})}
-    save_bundle(dest, ae.cpu(), unet.cpu(), scale_factor, prototypes, manifest, schedule=schedule, overwrite=True)
+    inference = dict(recipe.get("inference", {}))
+    restoration = None
+    if (state.root / "restoration").is_dir():
+        from train_restoration import load_network
+
+        restoration = load_network(state.root / "restoration")
+    if restoration is None and float(inference.get("restore") or 0) > 0:
+        print(f"{state.root / 'restoration'}: no restoration prior trained; the bundle's inference runs without "
+              "one (restore 0)")
+        inference["restore"] = 0.0
+    manifest = {**base, "name": dest.name, "training": training, "inference": inference}
+    net, record = restoration if restoration is not None else (None, None)
+    save_bundle(dest, ae.cpu(), unet.cpu(), scale_factor, prototypes, manifest, schedule=schedule, overwrite=True,
+                restoration=net, restoration_training=record)
 
 
 # ----------------------------------------------------------------------------------------------- main

@@ -24,7 +24,8 @@ def test_output_has_input_shape_and_lies_in_unit_range(harmonizer):
     out = harmonizer.harmonize(_volume(), harmonizer.style_from_site("A"), inversion_steps=3, sampling_steps=2)
     assert out.shape == GRID and out.dtype == np.float32
     assert out.min() >= 0.0 and out.max() <= 1.0
-    assert set(harmonizer.last_timings) == {"encode", "inversion", "sampling", "decode"}
+    assert set(harmonizer.last_timings) == {"restore", "encode", "inversion", "sampling", "decode"}
+    assert harmonizer.last_timings["restore"] == 0.0  # no restoration prior in this bundle
 
 
 def test_same_seed_gives_the_same_output(harmonizer, tmp_path):

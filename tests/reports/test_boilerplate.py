@@ -249,3 +249,21 @@ def test_workflow_description_says_when_the_reference_calibration_is_partial():
     regime = {"kind": "adain", "strength": 1.0, "calibrate": True, "reference_calibration": 0.5}
     assert "weight 0.5 on the mapped one" in regime_description(regime, reference=True)
     assert "weight" not in regime_description(regime) and "quantiles" in regime_description(regime)
+
+
+@pytest.mark.parametrize("restore", [0.0, 0.5, 1.0])
+def test_methods_text_description_and_sidecar_say_when_the_input_is_restored(tmp_path, restore):
+    from hcld_bids.workflows.base import _regime_provenance
+    from hcld_bids.workflows.harmonization import _desc
+
+    inference = {"kind": "dual", "strength": 0.1, "inversion_steps": 10, "sampling_steps": 10, "detail": 0.75,
+                 "calibrate": True, "reference_calibration": 0.5, "spectrum": 1.0, "restore": restore}
+    text = " ".join(boilerplate.render_markdown(boilerplate.citation_context(
+        _config(tmp_path, target_site="siteA"), dict(MANIFEST, inference=inference))).split())
+    assert ("noise and blur were removed from each image by the restoration network" in text) == (restore > 0)
+    assert ("with a weight of 0.5" in text) == (restore == 0.5)
+    assert "None" not in text and "{{" not in text and " ," not in text
+    desc = _desc("siteA", inference)
+    assert desc.startswith("The source scanner's noise and blur were first removed") == (restore > 0)
+    assert ("correction weight 0.5" in desc) == (restore == 0.5)
+    assert _regime_provenance(inference)["InputRestoration"] == restore

@@ -292,3 +292,55 @@ def test_set_site_spectra_writes_each_sites_spectrum_and_checks_the_inference_ke
         set_site_spectra.main(["--bundle", str(bundle), "--pack", str(packs[0]), "--inference", "sharpen=2"])
     with pytest.raises(SystemExit, match="no images of the bundle's sites siteB"):
         set_site_spectra.main(["--bundle", str(bundle), "--pack", str(_pack(tmp_path / "a", sites=("siteA",)))])
+
+
+def test_train_restoration_resumes_refuses_another_network_and_adds_itself_to_a_bundle(packs, trained, tmp_path):
+    import shutil
+
+    import train_restoration
+
+    from hcld_bids.model import load_bundle
+
+    state = tmp_path / "restore"
+    common = ["--pack", str(packs[0]), "--val-pack", str(packs[1]), "--state", str(state), "--steps", "4",
+              "--channels", "4", "--blocks", "1", "--patch", "16", "--eval-every", "2", "--val-limit", "1",
+              "--threads", "1"]
+    assert train_restoration.main(common + ["--minutes", "0"]) == 0  # stops before the first step, state saved
+    assert train_restoration.main(common) == 0
+    rows = _rows(state / "curve.csv")
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert all(0 < float(r["val_restored"]) <= 1 for r in rows)
+    with pytest.raises(SystemExit, match="another network"):
+        other = list(common)
+        other[other.index("--channels") + 1] = "8"
+        train_restoration.main(other)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained["bundle"], bundle)
+    assert train_restoration.main(common + ["--bundle", str(bundle)]) == 0  # resumes at step 4: nothing to do
+    loaded = load_bundle(bundle)
+    assert loaded.restoration is not None and loaded.manifest["restoration"]["training"]["steps"] == 4
+    with pytest.raises(SystemExit, match="no image of site"):
+        train_restoration.main(common + ["--clean-site", "siteZ"])
+    (state / "checkpoint.safetensors").write_bytes(b"broken")
+    with pytest.raises(SystemExit, match="remove the folder"):
+        train_restoration.main(common)
+
+
+def test_train_demo_bundles_the_restoration_prior_of_its_state(packs, trained, tmp_path):
+    import shutil
+
+    import train_restoration
+
+    from hcld_bids.model import load_bundle
+
+    state = tmp_path / "state"
+    shutil.copytree(trained["state"], state)
+    assert train_restoration.main(["--pack", str(packs[0]), "--val-pack", str(packs[1]), "--state",
+                                   str(state / "restoration"), "--steps", "2", "--channels", "4", "--blocks", "1",
+                                   "--patch", "16", "--val-limit", "1", "--threads", "1"]) == 0
+    assert train_demo.main(["--pack", str(packs[0]), "--val-pack", str(packs[1]), "--state", str(state), "--tiny",
+                            "--threads", "1", "--reserve-minutes", "0", "--minutes", "5",
+                            "--bundle", str(tmp_path / "bundle")]) == 0
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.restoration is not None and bundle.restoration.config == {"channels": 4, "blocks": 1}
+    assert bundle.manifest["restoration"]["training"]["steps"] == 2

@@ -1,0 +1,146 @@
+"""The restoration prior: network, training pairs, trainer, bundle storage and its place in the harmonizer."""
+
+import numpy as np
+import pytest
+import torch
+
+from hcld_bids.model import add_prototypes, compute_site_prototype, load_bundle, save_bundle
+from hcld_bids.model.bundle import RESTORE_FILE, add_restoration
+from hcld_bids.model.errors import BundleError, BundleIntegrityError
+from hcld_bids.model.evaluation import masked_ssim
+from hcld_bids.model.harmonize import Harmonizer, InputVolumeError, Regime
+from hcld_bids.model.restore import RestorationNet, RestorationTrainer, degradation_pair, restore_volume
+from hcld_bids.simulate import SITES
+
+GRID = (16, 32, 16)
+
+
+def _brain(seed=0, shape=GRID):
+    """A smooth blob-textured 'brain' in [0, 1], zero outside an ellipsoid."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    tex = gaussian_filter(rng.random(shape), 1.5)
+    tex = (tex - tex.min()) / (tex.max() - tex.min())
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    inside = (grid ** 2).sum(0) < 0.8
+    return np.where(inside, 0.2 + 0.8 * tex, 0.0).astype(np.float32), inside
+
+
+def test_untrained_network_is_the_identity_and_needs_even_grids():
+    net = RestorationNet(channels=4, blocks=1)
+    x = torch.rand(2, 1, 8, 12, 6)
+    assert torch.equal(net(x), x)
+    with pytest.raises(ValueError, match="even"):
+        net(torch.rand(1, 1, 7, 8, 8))
+    with pytest.raises(ValueError):
+        RestorationNet(channels=0)
+    assert RestorationNet.from_config(net.config).config == {"channels": 4, "blocks": 1}
+
+
+def test_restore_volume_pads_odd_grids_clips_and_keeps_the_outside_zero():
+    vol, brain = _brain(shape=(15, 17, 16))
+    net = RestorationNet(channels=4, blocks=1)
+    torch.nn.init.normal_(net.tail.weight, std=0.5)
+    out = restore_volume(net, vol, brain)
+    assert out.shape == vol.shape and out.dtype == np.float32
+    assert np.all(out[~brain] == 0) and out.min() >= 0 and out.max() <= 1
+    assert not np.allclose(out[brain], vol[brain])
+
+
+def test_degradation_pair_degrades_one_and_keeps_the_other_clean():
+    vol, brain = _brain(3)
+    degraded, clean = degradation_pair(vol, np.random.default_rng(0), site_effects=[SITES["siteB"]],
+                                       random_prob=0.0)
+    assert degraded.shape == clean.shape == vol.shape
+    assert np.all(degraded[~brain] == 0) and np.all(clean[~brain] == 0)
+    # siteB: noise and blur in one, neither in the other (same contrast curve)
+    rough = (lambda v: np.abs(np.diff(v, axis=0))[brain[1:] & brain[:-1]].mean())
+    assert masked_ssim(clean, vol, brain) > 0.9 > masked_ssim(degraded, vol, brain)
+    assert rough(degraded) != pytest.approx(rough(clean), rel=0.05)
+
+
+def test_a_few_training_steps_learn_to_undo_the_degradation():
+    torch.manual_seed(0)
+    vols = [_brain(i) for i in range(3)]
+    net = RestorationNet(channels=8, blocks=1)
+    trainer = RestorationTrainer(net, [v for v, _ in vols], [m for _, m in vols], steps=120, batch=2, patch=16,
+                                 lr=3e-3, site_effects=[SITES["siteB"]], random_prob=0.0)
+    pairs = [degradation_pair(v, np.random.default_rng(9), site_effects=[SITES["siteB"]], random_prob=0.0)
+             + (m,) for v, m in vols]
+    before = np.mean([masked_ssim(d, c, m) for d, c, m in pairs])
+    first = trainer.train_step()
+    trainer.run()
+    assert trainer.step == 120
+    after = np.mean([masked_ssim(restore_volume(net, d, m), c, m) for d, c, m in pairs])
+    assert after > before + 0.02, (before, after, first)
+    assert trainer.learning_rate(120) == pytest.approx(0.0) and trainer.learning_rate(0) == pytest.approx(3e-3)
+
+
+def test_trainer_refuses_bad_settings():
+    vol, brain = _brain()
+    with pytest.raises(ValueError):
+        RestorationTrainer(RestorationNet(4, 1), [vol], [], steps=1)
+    with pytest.raises(ValueError):
+        RestorationTrainer(RestorationNet(4, 1), [vol], [brain], steps=1, patch=5)
+
+
+@pytest.fixture
+def bundle_dir(tmp_path, tiny_models):
+    ae, unet = tiny_models
+    vols = [_brain(i)[0] for i in range(2)]
+    save_bundle(tmp_path / "b", ae, unet, 1.3, {"A": compute_site_prototype(ae, vols, 1.3)},
+                {"sites": {"A": {"n_images": 2}}, "inference": {"kind": "adain"}})
+    return tmp_path / "b"
+
+
+def _trained_looking_net(seed=0):
+    torch.manual_seed(seed)
+    net = RestorationNet(channels=4, blocks=1)
+    torch.nn.init.normal_(net.tail.weight, std=0.05)
+    return net
+
+
+def test_bundle_stores_the_restoration_prior_and_keeps_it_when_sites_are_added(bundle_dir):
+    assert load_bundle(bundle_dir).restoration is None
+    net = _trained_looking_net()
+    b = add_restoration(bundle_dir, net, {"steps": 5})
+    assert (bundle_dir / RESTORE_FILE).is_file() and b.manifest["restoration"]["training"] == {"steps": 5}
+    for k, v in net.state_dict().items():
+        assert torch.equal(b.restoration.state_dict()[k], v)
+    after = add_prototypes(bundle_dir, {"B": [_brain(5)[0]]})
+    assert after.restoration is not None and after.weights_sha256[RESTORE_FILE] == b.weights_sha256[RESTORE_FILE]
+    (bundle_dir / RESTORE_FILE).write_bytes(b"x" * 10)
+    with pytest.raises(BundleIntegrityError):
+        load_bundle(bundle_dir)
+
+
+def test_a_restoration_block_without_weights_is_a_bundle_error(bundle_dir):
+    import json
+
+    add_restoration(bundle_dir, _trained_looking_net())
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["restoration"]["weights"] = "../elsewhere.safetensors"
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="restoration"):
+        load_bundle(bundle_dir)
+
+
+def test_harmonizer_restores_its_input_first_and_only_when_asked(bundle_dir):
+    vol, brain = _brain(4)
+    plain = Harmonizer(load_bundle(bundle_dir))
+    style = plain.style_from_site("A")
+    with pytest.raises(InputVolumeError, match="restoration prior"):
+        plain.harmonize(vol, style, regime=Regime(kind="adain", restore=1.0), mask=brain)
+    net = _trained_looking_net()
+    h = Harmonizer(add_restoration(bundle_dir, net))
+    off = h.harmonize(vol, style, regime=Regime(kind="adain"), mask=brain)
+    np.testing.assert_array_equal(off, plain.harmonize(vol, style, regime=Regime(kind="adain"), mask=brain))
+    on = h.harmonize(vol, style, regime=Regime(kind="adain", restore=1.0), mask=brain)
+    restored = restore_volume(net, vol, brain)
+    np.testing.assert_allclose(on, h.harmonize(restored, style, regime=Regime(kind="adain"), mask=brain), atol=1e-5)
+    half = h.restore([vol], [brain], 0.5)[0]
+    np.testing.assert_allclose(half[brain], 0.5 * (vol + restored)[brain], atol=1e-6)
+    assert h.last_timings["restore"] >= 0
+    with pytest.raises(ValueError):
+        Regime(restore=1.5)
