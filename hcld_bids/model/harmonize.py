@@ -656,14 +656,11 @@ class Harmonizer:
                 samp(i)
         return z
 
-    def restore(self, arrays: Sequence[np.ndarray], masks, weight: float) -> list[np.ndarray]:
-        """``x + weight * (R(x) - x)`` on each brain (zero outside it) with the bundle's restoration prior."""
-        out = []
-        for i, arr in enumerate(arrays):
-            brain = arr > 0 if masks is None or masks[i] is None else masks[i] > 0
-            restored = restore_volume(self.restoration, arr, brain, self.device)
-            out.append(np.where(brain, arr + float(weight) * (restored - arr), 0.0).astype(np.float32))
-        return out
+    def restore(self, arrays: Sequence[np.ndarray], brains: Sequence[np.ndarray], weight: float) -> list[np.ndarray]:
+        """``x + weight * (R(x) - x)`` inside each boolean brain mask (zero outside it), with the bundle's
+        restoration prior."""
+        return [np.where(brain, arr + float(weight) * (restore_volume(self.restoration, arr, brain, self.device) - arr),
+                         0.0).astype(np.float32) for arr, brain in zip(arrays, brains)]
 
     def _harmonize_batch(self, arrays, style, regime: Regime, t_star: int, masks, progress, seed) -> list[np.ndarray]:
         timings = {"restore": 0.0, "encode": 0.0, "inversion": 0.0, "sampling": 0.0, "decode": 0.0}

@@ -95,12 +95,6 @@ def save_state(state: Path, trainer: RestorationTrainer, config: dict, wall_s: f
                             "generator": json.dumps(trainer.rng.bit_generator.state), "wall_s": wall_s})
 
 
-def add_to_bundle(bundle: Path, net: RestorationNet, record: dict) -> None:
-    from hcld_bids.model.bundle import add_restoration
-
-    add_restoration(bundle, net, record)
-
-
 def load_network(state: Path) -> tuple[RestorationNet, dict] | None:
     """The trained network of a restoration state and its training record, or None when there is no state."""
     try:
@@ -185,10 +179,12 @@ def main(argv=None) -> int:
     print(f"stopped at step {trainer.step}/{args.steps} after {wall / 60:.1f} min; validation SSIM "
           f"{before:.4f} -> {after:.4f}")
     if args.bundle is not None:
-        add_to_bundle(args.bundle, net, {"steps": trainer.step, "wall_s": round(wall, 1), "config": config,
-                                         "validation_ssim": {"degraded": round(before, 4),
-                                                             "restored": round(after, 4)},
-                                         "device": "cpu", "command": " ".join(sys.argv)})
+        from hcld_bids.model.bundle import add_restoration
+
+        record = {"steps": trainer.step, "wall_s": round(wall, 1), "config": config, "device": "cpu",
+                  "validation_ssim": {"degraded": round(before, 4), "restored": round(after, 4)},
+                  "command": " ".join(sys.argv)}
+        add_restoration(args.bundle, net, record)
     return 0
 
 
