@@ -71,7 +71,8 @@ class RestorationNet(nn.Module):
 
 
 def degradation_pair(volume: np.ndarray, rng: np.random.Generator, site_effects: Sequence | None = None,
-                     random_prob: float = 0.5, realistic: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                     random_prob: float = 0.5, realistic: bool = False,
+                     clean_prob: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """``(degraded, clean)`` renderings of one preprocessed model-grid volume (values in [0, 1], zero outside
     the brain) for training: a site drawn from ``site_effects`` (default: the built-in simulated sites; with
     probability ``random_prob`` a random one from :func:`hcld_bids.simulate.random_site`) with all its effects,
@@ -81,7 +82,9 @@ def degradation_pair(volume: np.ndarray, rng: np.random.Generator, site_effects:
 
     ``realistic`` renders what reaches the model grid after a scan at 1 mm and the preprocessing: the noise
     scaled by a random factor in [0.3, 1] (resampling to 2 mm averages part of it away), thick slices sampled
-    and interpolated back, and a residual bias field of up to 8 % (what N4 leaves) in the degraded image only."""
+    and interpolated back, and a residual bias field of up to 8 % (what N4 leaves) in the degraded image only.
+    With probability ``clean_prob`` the scanner adds no noise and no blur (the pair is the same image twice), so
+    that the network learns to leave clean images alone."""
     from hcld_bids.preproc.intensity import scale_intensity, scaling_reference
     from hcld_bids.simulate import SITES, bias_field, random_site, restyle_unscaled
 
@@ -90,6 +93,8 @@ def degradation_pair(volume: np.ndarray, rng: np.random.Generator, site_effects:
         effect = random_site("augment", rng)
     else:
         effect = effects[int(rng.integers(len(effects)))]
+    if clean_prob > 0 and rng.random() < clean_prob:
+        effect = replace(effect, noise=0.0, blur_fwhm_mm=(0.0, 0.0, 0.0), slice_thickness_mm=0.0)
     vol = np.asarray(volume, dtype=np.float32)
     if realistic:
         effect = replace(effect, noise=effect.noise * float(rng.uniform(0.3, 1.0)))
@@ -136,7 +141,8 @@ class RestorationTrainer:
     """L1 on brain voxels of random ``patch``-cubed crops of freshly degraded training volumes.
 
     ``volumes`` and ``masks`` are the clean-site training images; every step draws ``batch`` volumes, one
-    :func:`degradation_pair` each (``site_effects``, ``random_prob``, ``realistic``), and one crop each. AdamW with a cosine
+    :func:`degradation_pair` each (``site_effects``, ``random_prob``, ``realistic``,
+    ``clean_prob``), and one crop each. AdamW with a cosine
     learning rate over ``steps``, gradients clipped to norm 1.
     """
 
@@ -152,6 +158,7 @@ class RestorationTrainer:
     site_effects: Sequence | None = None
     random_prob: float = 0.5
     realistic: bool = False
+    clean_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.volumes or len(self.volumes) != len(self.masks):
@@ -173,7 +180,7 @@ class RestorationTrainer:
         for _ in range(self.batch):
             i = int(self.rng.integers(len(self.volumes)))
             degraded, clean = degradation_pair(self.volumes[i], self.rng, self.site_effects, self.random_prob,
-                                               self.realistic)
+                                               self.realistic, self.clean_prob)
             sl = self._crop(degraded.shape)
             xs.append(degraded[sl]), ys.append(clean[sl]), ms.append(self.masks[i][sl])
         as_t = (lambda a: torch.from_numpy(np.stack(a).astype(np.float32))[:, None])

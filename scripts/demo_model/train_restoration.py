@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--realistic", action="store_true",
                    help="degrade as a 1 mm scan after preprocessing looks (hcld_bids.model.restore.degradation_pair)")
+    p.add_argument("--clean-prob", type=float, default=0.0,
+                   help="share of training pairs without any degradation (clean in, clean out)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--bundle", type=Path, default=None, help="add the trained network to this model bundle")
@@ -143,11 +145,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     config = {"channels": args.channels, "blocks": args.blocks, "batch": args.batch, "patch": args.patch,
               "lr": args.lr, "steps": args.steps, "clean_site": args.clean_site, "realistic": args.realistic}
+    if args.clean_prob:
+        config["clean_prob"] = args.clean_prob
     volumes, masks = site_images(args.pack, args.clean_site)
     val = validation_set(*site_images(args.val_pack, args.clean_site, args.val_limit), realistic=args.realistic)
     net = RestorationNet(args.channels, args.blocks)
     trainer = RestorationTrainer(net, volumes, masks, steps=args.steps, batch=args.batch, patch=args.patch,
-                                 lr=args.lr, realistic=args.realistic)
+                                 lr=args.lr, realistic=args.realistic, clean_prob=args.clean_prob)
     args.state.mkdir(parents=True, exist_ok=True)
     spent = load_state(args.state, trainer, config)
     curve_path = args.state / "curve.csv"

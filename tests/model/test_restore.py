@@ -144,3 +144,13 @@ def test_harmonizer_restores_its_input_first_and_only_when_asked(bundle_dir):
     assert h.last_timings["restore"] >= 0
     with pytest.raises(ValueError):
         Regime(restore=1.5)
+
+
+def test_clean_pairs_are_the_same_image_twice():
+    vol, brain = _brain(6)
+    degraded, clean = degradation_pair(vol, np.random.default_rng(1), site_effects=[SITES["siteB"]], random_prob=0.0,
+                                       clean_prob=1.0)
+    np.testing.assert_array_equal(degraded, clean)
+    degraded, clean = degradation_pair(vol, np.random.default_rng(1), site_effects=[SITES["siteB"]], random_prob=0.0,
+                                       realistic=True)
+    assert not np.allclose(degraded, clean) and np.all(degraded[~brain] == 0)
