@@ -338,8 +338,13 @@ def add_prototypes(bundle_path, site_volumes: dict, device="cpu", overwrite_site
     extra = _manifest_extra(bundle)
     for site, info in (site_info or {}).items():
         extra.setdefault("sites", {}).setdefault(site, {}).update(info)
-    save_bundle(bundle.path, bundle.autoencoder, bundle.unet, bundle.scale_factor, protos, extra,
-                schedule=bundle.schedule, overwrite=True, **_restoration_of(bundle))
+    return _rewrite(bundle, protos, extra, device, **_restoration_of(bundle))
+
+
+def _rewrite(bundle: ModelBundle, prototypes: dict, extra: dict, device, **restoration) -> ModelBundle:
+    """Write ``bundle`` again in place (same networks and schedule) with ``prototypes`` and ``extra``; reload it."""
+    save_bundle(bundle.path, bundle.autoencoder, bundle.unet, bundle.scale_factor, prototypes, extra,
+                schedule=bundle.schedule, overwrite=True, **restoration)
     return load_bundle(bundle.path, device)
 
 
@@ -361,7 +366,5 @@ def _restoration_of(bundle: ModelBundle) -> dict:
 def add_restoration(bundle_path, net: RestorationNet, training: dict | None = None, device="cpu") -> ModelBundle:
     """Add (or replace) the restoration prior of a bundle, atomically, without touching its other weights."""
     bundle = load_bundle(bundle_path, device)
-    protos = {site: bundle.prototype(site) for site in bundle.prototypes}
-    save_bundle(bundle.path, bundle.autoencoder, bundle.unet, bundle.scale_factor, protos, _manifest_extra(bundle),
-                schedule=bundle.schedule, overwrite=True, restoration=net, restoration_training=training)
-    return load_bundle(bundle.path, device)
+    return _rewrite(bundle, {site: bundle.prototype(site) for site in bundle.prototypes}, _manifest_extra(bundle),
+                    device, restoration=net, restoration_training=training)

@@ -67,12 +67,17 @@ def validate(net, val) -> tuple[float, float]:
     return float(np.mean(before)), float(np.mean(after))
 
 
-def load_state(state: Path, trainer: RestorationTrainer, config: dict) -> float:
-    """Resume ``trainer`` from ``state``; returns the wall seconds already spent."""
+def _read(state: Path) -> dict | None:
+    """The checkpoint of a restoration state (None without one); a damaged file is a one-line exit."""
     try:
-        payload = load_checkpoint(state)
+        return load_checkpoint(state)
     except CheckpointError as exc:
         raise SystemExit(f"{state}: {exc}; remove the folder to start again") from None
+
+
+def load_state(state: Path, trainer: RestorationTrainer, config: dict) -> float:
+    """Resume ``trainer`` from ``state``; returns the wall seconds already spent."""
+    payload = _read(state)
     if payload is None:
         return 0.0
     if payload.get("config") != config:
@@ -97,10 +102,7 @@ def save_state(state: Path, trainer: RestorationTrainer, config: dict, wall_s: f
 
 def load_network(state: Path) -> tuple[RestorationNet, dict] | None:
     """The trained network of a restoration state and its training record, or None when there is no state."""
-    try:
-        payload = load_checkpoint(state)
-    except CheckpointError as exc:
-        raise SystemExit(f"{state}: {exc}; remove the folder or train the restoration prior again") from None
+    payload = _read(state)
     if payload is None:
         return None
     config = payload.get("config") or {}
