@@ -1,8 +1,13 @@
 """Registration of a T1w to the template (ANTs), and moving images between the two spaces.
 
 ``affine`` (default): rigid then affine stages, mutual information, initialised by aligning the
-centres of mass (ANTs' ``antsRegistrationSyNQuick[a]`` recipe). ``syn``: the same followed by a SyN
-deformable stage (``antsRegistrationSyNQuick[s]``).
+centres of mass (ANTs' ``antsRegistrationSyNQuick[a]`` recipe), then one more affine stage that
+refines it at the template's own resolution (:data:`AFFINE_REFINEMENT`). The quick recipe stops at
+half the template's resolution (its last level has no iterations), so on a 2 mm template it aligns
+the same head to within about 0.3-0.5 mm differently depending on the scanner's noise and contrast;
+the refinement stage narrows that spread (benchmarks/RESULTS.md, "Registration consistency across
+scanners"). ``syn``: the quick recipe followed by a SyN deformable stage
+(``antsRegistrationSyNQuick[s]``), without the refinement.
 
 Transforms are ANTs/ITK files in world (physical) coordinates, so they apply to the original T1w as
 well as to its RAS-reoriented copy:
@@ -33,6 +38,13 @@ REGISTRATIONS = {
 #: ``--sloppy`` (testing only): ANTsPy's fast affine recipe (one stage, coarse, few iterations; about 6x
 #: faster than the default on a 3 mm head). SyN keeps its recipe.
 SLOPPY_REGISTRATIONS = {"affine": "AffineFast", "syn": REGISTRATIONS["syn"]}
+#: The affine refinement stage of ``affine`` (ANTsPy ``registration`` arguments, type ``Affine``,
+#: started from the quick recipe's transform): Mattes mutual information (32 bins, half of the voxels),
+#: two levels at half and full template resolution (smoothing 1 and 0 voxels), 100 and 50 iterations.
+AFFINE_REFINEMENT = {
+    "aff_metric": "mattes", "aff_sampling": 32, "aff_random_sampling_rate": 0.5,
+    "aff_iterations": (100, 50), "aff_shrink_factors": (2, 1), "aff_smoothing_sigmas": (1, 0),
+}
 #: Fixed seed of ANTs' metric sampling, so that reruns give the same transform.
 DEFAULT_RANDOM_SEED = 20240917
 
@@ -60,7 +72,7 @@ def register_to_template(moving: nib.Nifti1Image, template: nib.Nifti1Image, out
                          random_seed: int = DEFAULT_RANDOM_SEED, sloppy: bool = False) -> RegistrationResult:
     """Register ``moving`` (bias-corrected T1w) to ``template`` (whole-head T1w).
 
-    ``sloppy`` (testing only) uses :data:`SLOPPY_REGISTRATIONS`.
+    ``sloppy`` (testing only) uses :data:`SLOPPY_REGISTRATIONS` and skips the affine refinement.
     Transform files are written into ``out_dir`` as ``<prefix>_fwd_xfm.{mat,h5}`` and
     ``<prefix>_inv_xfm.{mat,h5}``.
     """
@@ -82,6 +94,13 @@ def register_to_template(moving: nib.Nifti1Image, template: nib.Nifti1Image, out
             type_of_transform=(SLOPPY_REGISTRATIONS if sloppy else REGISTRATIONS)[registration],
             outprefix=str(Path(scratch) / "reg_"), write_composite_transform=composite,
         )
+        if registration == "affine" and not sloppy:
+            # The written transform is the quick one composed with the refinement (linear transforms collapse).
+            result = ants.registration(
+                fixed=fixed, moving=moving_ants, type_of_transform="Affine",
+                initial_transform=result["fwdtransforms"][0], outprefix=str(Path(scratch) / "refine_"),
+                **AFFINE_REFINEMENT,
+            )
         ext = ".h5" if composite else ".mat"
         forward = out_dir / f"{prefix}_fwd_xfm{ext}"
         inverse = out_dir / f"{prefix}_inv_xfm{ext}"

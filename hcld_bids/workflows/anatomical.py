@@ -56,7 +56,8 @@ _MEM_GB = {1: {"n4": 2.0, "reg": 3.0, "resample": 1.5, "mask": 1.0},
 def _methods_text(template: str, resolution: int, registration: str, voxel_mm: float, sloppy: bool = False) -> str:
     from ..preproc._ants import ants_version, antspyx_version
 
-    reg = ("an affine transform (rigid, then affine stages; mutual information)"
+    reg = ("an affine transform (rigid, then affine stages; mutual information; the affine refined at the "
+           "template's full resolution)"
            if registration == "affine"
            else "an affine transform followed by a symmetric diffeomorphic (SyN) deformation")
     low, high = DEFAULT_PERCENTILES

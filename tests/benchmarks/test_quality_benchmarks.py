@@ -462,3 +462,34 @@ def test_spectral_filters_scores_each_gain_against_the_same_head(simulated_setti
         assert float(row["ratio_own"]) != float(row["histmatch"])  # the filter changed the image
         assert float(row["ratio_input"]) == float(row["ratio_own"])  # on this base the input is the image
     assert "| all | " in stdout and all(g in stdout for g in gains)
+
+
+# ------------------------------------------------------------------------------ registration_consistency.py
+
+def test_registration_consistency_measures_how_far_a_heads_sessions_are_placed_apart(tmp_path, templateflow_home):
+    import ants
+
+    def write(sub, site, shift_mm):
+        d = tmp_path / "work" / "hcld_bids_wf" / f"sub_{sub}_wf" / f"t1w_ses_{site}_wf" / "anat_preproc_wf" / "register"
+        d.mkdir(parents=True)
+        xfm = ants.create_ants_transform(transform_type="AffineTransform", dimension=3,
+                                         translation=(shift_mm, 0.0, 0.0))
+        ants.write_transform(xfm, str(d / "T1w_to_template_fwd_xfm.mat"))
+
+    write("h1", "siteA", 0.0)
+    write("h1", "siteB", 1.0)   # placed 1 mm apart: each session 0.5 mm from their mean
+    write("h2", "siteA", 0.0)
+    write("h2", "siteB", 0.0)
+    write("h2", "siteC", 0.0)
+    write("h3", "siteA", 3.0)   # one session only: nothing to compare, left out
+    out = _run([BENCH / "registration_consistency.py", tmp_path / "work", "--out", tmp_path / "rows.tsv"])
+    rows = {(r["subject"], r["site"]): float(r["rms_mm"]) for r in _read_tsv(tmp_path / "rows.tsv")}
+    assert set(rows) == {("h1", "siteA"), ("h1", "siteB"), ("h2", "siteA"), ("h2", "siteB"), ("h2", "siteC")}
+    assert rows[("h1", "siteA")] == pytest.approx(0.5, abs=1e-3) and rows[("h1", "siteB")] == pytest.approx(0.5, abs=1e-3)
+    assert all(rows[("h2", s)] < 1e-6 for s in ("siteA", "siteB", "siteC"))
+    assert "2 heads" in out and "siteA 0.25" in out
+    # a work directory without two sessions of one head is refused in one line
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(BENCH / "registration_consistency.py"), str(tmp_path / "work"),
+                           "--participant-label", "h3"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 2 and "no head with two or more registered sessions" in proc.stderr

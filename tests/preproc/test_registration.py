@@ -95,3 +95,29 @@ def test_sloppy_registration_is_the_fast_recipe_and_still_recovers_the_motion(te
     warped = np.asarray(result.warped.dataobj, dtype=float)
     assert np.corrcoef(warped[inside], np.asarray(t1w.dataobj, dtype=float)[inside])[0, 1] > 0.9
     assert result.forward.suffix == ".mat" and result.inverse.is_file()
+
+
+def test_affine_registration_refines_the_quick_recipe_at_full_resolution(template, shifted_registration,
+                                                                         tmp_path, monkeypatch):
+    import ants
+
+    from hcld_bids.preproc.registration import AFFINE_REFINEMENT
+
+    t1w, mask = template
+    moving, _, _ = shifted_registration
+    calls = []
+    real = ants.registration
+    monkeypatch.setattr(ants, "registration", lambda **kw: calls.append(kw) or real(**kw))
+    result = register_to_template(moving, t1w, tmp_path)
+    assert [c["type_of_transform"] for c in calls] == ["antsRegistrationSyNQuick[a]", "Affine"]
+    refine = calls[1]
+    assert refine["aff_shrink_factors"][-1] == 1 and refine["aff_smoothing_sigmas"][-1] == 0
+    assert {k: refine[k] for k in AFFINE_REFINEMENT} == AFFINE_REFINEMENT
+    # it starts from the quick transform, and the file written is the composed one: the motion is recovered
+    assert str(refine["initial_transform"]).endswith("GenericAffine.mat")
+    inside = np.asarray(mask.dataobj) > 0
+    warped = np.asarray(result.warped.dataobj, dtype=float)
+    assert np.corrcoef(warped[inside], np.asarray(t1w.dataobj, dtype=float)[inside])[0, 1] > 0.98
+    assert result.forward.is_file() and result.inverse.is_file()
+    assert not list(tmp_path.glob(".ants_*"))
+
