@@ -3,10 +3,10 @@
 ``affine`` (default): rigid then affine stages, mutual information, initialised by aligning the
 centres of mass (ANTs' ``antsRegistrationSyNQuick[a]`` recipe), then one more affine stage that
 refines it at the template's own resolution (:data:`AFFINE_REFINEMENT`). The quick recipe stops at
-half the template's resolution (its last level has no iterations), so on a 2 mm template it aligns
-the same head to within about 0.3-0.5 mm differently depending on the scanner's noise and contrast;
-the refinement stage narrows that spread (benchmarks/RESULTS.md, "Registration consistency across
-scanners"). ``syn``: the quick recipe followed by a SyN deformable stage
+half the template's resolution (its last level has no iterations), so on a 2 mm template it places
+the same head, scanned on different scanners, about 0.3 mm RMS apart (up to 0.6 mm), depending on each
+scanner's noise, blur and contrast; the refinement narrows that spread to about 0.26 mm
+(benchmarks/RESULTS.md, "Registration consistency across scanners"). ``syn``: the quick recipe followed by a SyN deformable stage
 (``antsRegistrationSyNQuick[s]``), without the refinement.
 
 Transforms are ANTs/ITK files in world (physical) coordinates, so they apply to the original T1w as
