@@ -33,14 +33,29 @@ def shifted_registration(template, tmp_path_factory):
     return moving, motion, register_to_template(moving, t1w, out)
 
 
-def test_affine_registration_recovers_a_known_rigid_motion(template, shifted_registration):
+@pytest.fixture
+def ants_calls(monkeypatch):
+    """The keyword arguments of every ``ants.registration`` call made during the test (the real one runs)."""
+    import ants
+
+    calls = []
+    real = ants.registration
+    monkeypatch.setattr(ants, "registration", lambda **kw: calls.append(kw) or real(**kw))
+    return calls
+
+
+def _correlation_with_template(result, template) -> float:
     t1w, mask = template
-    _, _, result = shifted_registration
     inside = np.asarray(mask.dataobj) > 0
     warped = np.asarray(result.warped.dataobj, dtype=float)
-    reference = np.asarray(t1w.dataobj, dtype=float)
+    return np.corrcoef(warped[inside], np.asarray(t1w.dataobj, dtype=float)[inside])[0, 1]
+
+
+def test_affine_registration_recovers_a_known_rigid_motion(template, shifted_registration):
+    t1w, _ = template
+    _, _, result = shifted_registration
     assert result.warped.shape == t1w.shape
-    assert np.corrcoef(warped[inside], reference[inside])[0, 1] > 0.98
+    assert _correlation_with_template(result, template) > 0.98
 
 
 def test_registration_writes_forward_and_inverse_affine_mat_files(shifted_registration):
@@ -80,44 +95,29 @@ def test_unknown_registration_is_refused(template, tmp_path):
 
 
 def test_sloppy_registration_is_the_fast_recipe_and_still_recovers_the_motion(template, shifted_registration,
-                                                                               tmp_path, monkeypatch):
-    import ants
-
-    t1w, mask = template
+                                                                               tmp_path, ants_calls):
+    t1w, _ = template
     moving, _, _ = shifted_registration
-    recipes = []
-    real = ants.registration
-    monkeypatch.setattr(ants, "registration",
-                        lambda **kw: recipes.append(kw["type_of_transform"]) or real(**kw))
     result = register_to_template(moving, t1w, tmp_path, sloppy=True)
-    assert recipes == ["AffineFast"]
-    inside = np.asarray(mask.dataobj) > 0
-    warped = np.asarray(result.warped.dataobj, dtype=float)
-    assert np.corrcoef(warped[inside], np.asarray(t1w.dataobj, dtype=float)[inside])[0, 1] > 0.9
+    assert [c["type_of_transform"] for c in ants_calls] == ["AffineFast"]
+    assert _correlation_with_template(result, template) > 0.9
     assert result.forward.suffix == ".mat" and result.inverse.is_file()
 
 
 def test_affine_registration_refines_the_quick_recipe_at_full_resolution(template, shifted_registration,
-                                                                         tmp_path, monkeypatch):
-    import ants
-
+                                                                         tmp_path, ants_calls):
     from hcld_bids.preproc.registration import AFFINE_REFINEMENT
 
-    t1w, mask = template
+    t1w, _ = template
     moving, _, _ = shifted_registration
-    calls = []
-    real = ants.registration
-    monkeypatch.setattr(ants, "registration", lambda **kw: calls.append(kw) or real(**kw))
     result = register_to_template(moving, t1w, tmp_path)
-    assert [c["type_of_transform"] for c in calls] == ["antsRegistrationSyNQuick[a]", "Affine"]
-    refine = calls[1]
+    assert [c["type_of_transform"] for c in ants_calls] == ["antsRegistrationSyNQuick[a]", "Affine"]
+    refine = ants_calls[1]
     assert refine["aff_shrink_factors"][-1] == 1 and refine["aff_smoothing_sigmas"][-1] == 0
     assert {k: refine[k] for k in AFFINE_REFINEMENT} == AFFINE_REFINEMENT
     # it starts from the quick transform, and the file written is the composed one: the motion is recovered
     assert str(refine["initial_transform"]).endswith("GenericAffine.mat")
-    inside = np.asarray(mask.dataobj) > 0
-    warped = np.asarray(result.warped.dataobj, dtype=float)
-    assert np.corrcoef(warped[inside], np.asarray(t1w.dataobj, dtype=float)[inside])[0, 1] > 0.98
+    assert _correlation_with_template(result, template) > 0.98
     assert result.forward.is_file() and result.inverse.is_file()
     assert not list(tmp_path.glob(".ants_*"))
 
