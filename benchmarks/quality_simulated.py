@@ -52,9 +52,13 @@ histogram (``w1_site``), and structure preservation between input and output (hc
 
 Site separability: for a fixed target T, every image of every site (T's own images too, mapped toward T by
 the same method) forms the method's output set. Features: the brain-intensity histogram (48 bins on
-[0, 1]) and the 5/25/50/75/95th brain percentiles; a standardized multinomial logistic regression
-(scikit-learn) is scored by cross-validated accuracy with GroupKFold over subjects (every fold holds out
-whole heads). Chance is 1 / number of sites. Lower accuracy: sites harder to tell apart.
+[0, 1]) and the 5/25/50/75/95th brain percentiles; a multinomial logistic regression (scikit-learn) is
+scored by cross-validated accuracy with GroupKFold over subjects (every fold holds out whole heads). Chance is
+1 / number of sites. Lower accuracy: sites harder to tell apart. The features are standardized with the mean
+and SD of the *unharmonized* images of the same target block (``classifier_accuracy``), so a difference
+counts in units of the real between-image differences; fitted to each method's own outputs instead
+(``classifier_accuracy_own_scale``, the measure of earlier tables), the scaler blows up differences of 1e-5
+between the sources of any histogram-calibrated output to unit variance, and the classifier then fits them.
 
 Writes ``pairs.tsv`` (one row per method and pair), ``classifier.tsv`` (one row per target and method),
 ``summary.tsv`` and ``summary.json`` under ``--out``, and prints the tables (markdown).
@@ -208,19 +212,25 @@ def classifier_features(vol, mask) -> np.ndarray:
     return np.concatenate([hist, np.percentile(values, CLASSIFIER_PERCENTILES)])
 
 
-def site_classifier_accuracy(features, sites, groups, seed: int = 0) -> float:
-    """Cross-validated accuracy of a standardized logistic regression telling ``sites`` apart; GroupKFold
-    over ``groups`` (subjects), as many folds as subjects up to 8."""
+def site_classifier_accuracy(features, sites, groups, seed: int = 0, scale=None) -> float:
+    """Cross-validated accuracy of a logistic regression telling ``sites`` apart; GroupKFold over ``groups``
+    (subjects), as many folds as subjects up to 8. ``scale``: a fixed ``(mean, sd)`` to standardize the
+    features with (:func:`hcld_bids.reports.metrics.feature_scale` of the unharmonized images); without it, a StandardScaler fitted to
+    ``features`` in each fold."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    X, y, g = np.asarray(features), np.asarray(sites), np.asarray(groups)
+    X, y, g = np.asarray(features, dtype=np.float64), np.asarray(sites), np.asarray(groups)
     folds = min(len(set(g)), 8)
     if folds < 2:
         raise ValueError("the site classifier needs at least two subjects")
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000, random_state=seed))
+    classifier = LogisticRegression(C=1.0, max_iter=5000, random_state=seed)
+    if scale is None:
+        model = make_pipeline(StandardScaler(), classifier)
+    else:
+        model, X = classifier, (X - scale[0]) / scale[1]
     pred = cross_val_predict(model, X, y, groups=g, cv=GroupKFold(n_splits=folds))
     return float(np.mean(pred == y))
 
@@ -485,21 +495,26 @@ def main(argv=None) -> int:
                     scores[method] = row["ssim"]
                 print(f"  {sub} {source} -> {target}  SSIM " + "  ".join(f"{m} {v:.3f}" for m, v in scores.items())
                       + (f"  (HCLD {seconds:.1f} s)" if not math.isnan(seconds) else "  (HCLD cached)"), flush=True)
+        scale = metrics.feature_scale(features["input"])
         for method in methods:  # one subject cannot be cross-validated by subject: no classifier figure then
-            acc = site_classifier_accuracy(features[method], labels, groups) if len(subjects) > 1 else float("nan")
+            acc, own = (site_classifier_accuracy(features[method], labels, groups, scale=scale),
+                        site_classifier_accuracy(features[method], labels, groups)) if len(subjects) > 1 \
+                else (float("nan"), float("nan"))
             clf_rows.append({"target": target, "method": method, "n_images": len(labels), "n_sites": len(sites),
-                             "accuracy": acc, "chance": 1.0 / len(sites)})
+                             "accuracy": acc, "accuracy_own_scale": own, "chance": 1.0 / len(sites)})
 
     write_tsv(args.out / "pairs.tsv", pair_rows)
     write_tsv(args.out / "classifier.tsv", clf_rows)
     summary = summarize(pair_rows)
     summary_rows = []
     for method in methods:
-        accs = [r["accuracy"] for r in clf_rows if r["method"] == method]
-        summary[method]["classifier_accuracy"] = round(float(np.mean(accs)), 4)
+        for key in ("accuracy", "accuracy_own_scale"):
+            accs = [r[key] for r in clf_rows if r["method"] == method]
+            summary[method][f"classifier_{key}"] = round(float(np.mean(accs)), 4)
         summary_rows.append({"method": method, "n_pairs": summary[method]["n"],
                              **{f"{k}_{s}": summary[method][k][s] for k in METRIC_KEYS for s in ("mean", "sd")},
                              "classifier_accuracy": summary[method]["classifier_accuracy"],
+                             "classifier_accuracy_own_scale": summary[method]["classifier_accuracy_own_scale"],
                              "chance": 1.0 / len(sites)})
     write_tsv(args.out / "summary.tsv", summary_rows)
     per_target = {t: summarize([r for r in pair_rows if r["target"] == t]) for t in targets}
@@ -522,10 +537,11 @@ def main(argv=None) -> int:
           f"{', '.join(targets)}); site classifier: {len(sites)} sites, chance {1 / len(sites):.3f}\n")
     print(markdown_table(
         ["method", "SSIM", "PSNR (dB)", "MAE", "W1 to same head", "W1 to target site", "structure preservation",
-         "site-classifier accuracy"],
+         "site-classifier accuracy", "same, features scaled on the outputs (earlier tables)"],
         ([row["method"], f"{row['ssim_mean']:.3f} ± {row['ssim_sd']:.3f}", f"{row['psnr_mean']:.1f}",
           f"{row['mae_mean']:.3f}", f"{row['w1_same_head_mean']:.4f}", f"{row['w1_site_mean']:.4f}",
-          f"{row['structure_preservation_mean']:.3f}", f"{row['classifier_accuracy']:.3f}"] for row in summary_rows)))
+          f"{row['structure_preservation_mean']:.3f}", f"{row['classifier_accuracy']:.3f}",
+          f"{row['classifier_accuracy_own_scale']:.3f}"] for row in summary_rows)))
     print("\nper target (mean SSIM / W1 to same head; classifier accuracy):\n")
 
     def cell(t, m):

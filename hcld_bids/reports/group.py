@@ -16,7 +16,9 @@ The report compares the sites before and after harmonization:
   same brain;
 - accuracy of a cross-validated site classifier (logistic regression, stratified k-fold) on two
   feature sets — the 64-bin histogram and the brain at 4 mm (block means) — next to chance, the rate
-  of the most frequent site: harmonization should bring it down toward chance;
+  of the most frequent site: harmonization should bring it down toward chance. Both sets are
+  standardized with the spread of the images before harmonization, so the residual differences after
+  it count in those units (histograms calibrated onto one target differ by rounding only);
 - a 2D PCA embedding of the 4 mm features coloured by site, one PCA fitted on before and after
   together so both panels share axes;
 - with ages in participants.tsv: cross-validated ridge regression of age on the 4 mm features, and
@@ -184,11 +186,13 @@ def _pca(components: int, n_samples: int):
     return PCA(n_components=components, svd_solver="full" if n_samples <= 300 else "randomized", random_state=0)
 
 
-def site_classifier(X: np.ndarray, sites: list[str], seed: int = 0) -> dict | None:
+def site_classifier(X: np.ndarray, sites: list[str], seed: int = 0, scale=None) -> dict | None:
     """Cross-validated accuracy of logistic regression predicting the site; None if not computable.
 
     Stratified k-fold with k = min(5, size of the smallest site); standardization and PCA (at most 20
-    components) are fitted inside each fold. ``chance``: the share of the most frequent site.
+    components) are fitted inside each fold. ``scale``: a fixed ``(mean, sd)`` to standardize with instead
+    (:func:`.metrics.feature_scale` of the images before harmonization). ``chance``: the share of the most
+    frequent site.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -201,7 +205,12 @@ def site_classifier(X: np.ndarray, sites: list[str], seed: int = 0) -> dict | No
     folds = min(5, min(counts.values()))
     n_train = len(sites) - len(sites) // folds
     components = max(1, min(20, n_train - 1, X.shape[1]))
-    model = make_pipeline(StandardScaler(), _pca(components, len(sites)), LogisticRegression(max_iter=2000))
+    steps = [_pca(components, len(sites)), LogisticRegression(max_iter=2000)]
+    if scale is None:
+        steps.insert(0, StandardScaler())
+    else:
+        X = (np.asarray(X, dtype=np.float64) - scale[0]) / scale[1]
+    model = make_pipeline(*steps)
     scores = cross_val_score(model, X, np.asarray(sites), cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
     return {"mean": float(scores.mean()), "sd": float(scores.std()), "folds": folds,
             "chance": max(counts.values()) / len(sites)}
@@ -542,7 +551,8 @@ def _analyses(records, rows, feats, ages) -> dict:
     for name, before, after in (("intensity histogram", H_before, H_after), ("brain at 4 mm", X_before, X_after)):
         if before is None or after is None:
             continue
-        b, a = site_classifier(before, sites), site_classifier(after, sites)
+        # after is standardized on before's spread: differences count in units of the unharmonized ones
+        b, a = site_classifier(before, sites), site_classifier(after, sites, scale=metrics.feature_scale(before))
         if b and a:
             classifier.append({"features": name, "before": b["mean"], "after": a["mean"], "before_sd": b["sd"],
                                "after_sd": a["sd"], "chance": b["chance"], "folds": b["folds"]})

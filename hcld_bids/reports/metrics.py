@@ -379,6 +379,16 @@ def site_histograms(volumes, masks, sites) -> dict:
     return out
 
 
+def feature_scale(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and SD of every column of ``features`` (an images x features array; SD 1 where a column does not
+    vary): the fixed standardization under which a site classifier judges harmonized images in units of the
+    unharmonized images' differences. A scaler fitted to histogram-calibrated outputs themselves blows their
+    rounding-level differences (1e-5) up to unit variance, and the classifier then fits those."""
+    X = np.asarray(features, dtype=np.float64)
+    sd = X.std(axis=0)
+    return X.mean(axis=0), np.where(sd > 0, sd, 1.0)
+
+
 def robust_z(values: Sequence[float]) -> np.ndarray:
     """Robust z-scores: ``(x - median) / (1.4826 * MAD)``; NaN stays NaN, zero MAD gives zeros."""
     values = np.asarray(values, dtype=np.float64)

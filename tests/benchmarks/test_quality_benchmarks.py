@@ -141,7 +141,7 @@ def test_quality_simulated_tiny(simulated_setting):
     clf = _read_tsv(out / "classifier.tsv")
     assert [r["method"] for r in clf] == methods and {r["target"] for r in clf} == {"siteA"}
     for row in clf:
-        assert 0.0 <= float(row["accuracy"]) <= 1.0
+        assert 0.0 <= float(row["accuracy"]) <= 1.0 and 0.0 <= float(row["accuracy_own_scale"]) <= 1.0
         assert float(row["chance"]) == 0.5 and row["n_images"] == "4" and row["n_sites"] == "2"
 
     summary = {r["method"]: r for r in _read_tsv(out / "summary.tsv")}
@@ -161,6 +161,7 @@ def test_quality_simulated_tiny(simulated_setting):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert float(cells[1].split("±")[0]) == pytest.approx(float(summary[method]["ssim_mean"]), abs=6e-4)
         assert float(cells[7]) == pytest.approx(float(summary[method]["classifier_accuracy"]), abs=6e-4)
+        assert float(cells[8]) == pytest.approx(float(summary[method]["classifier_accuracy_own_scale"]), abs=6e-4)
     assert "site classifier: 2 sites, chance 0.500" in stdout
 
 
@@ -220,12 +221,35 @@ def test_detail_gain_sweep_matches_the_harmonizer_adain_regime(simulated_setting
     assert wiener_rows[0]["g1"] == rows[0]["g1"] and wiener_rows[0]["wiener3_g1"] != rows[0]["g1"]
 
 
-def test_nyul_maps_landmarks_onto_the_standard_scale():
+def _quality_simulated_module():
     sys.path.insert(0, str(BENCH))
     try:
-        import quality_simulated as q
+        import quality_simulated
     finally:
         sys.path.remove(str(BENCH))
+    return quality_simulated
+
+
+def test_site_classifier_counts_differences_in_units_of_the_unharmonized_images():
+    """Outputs whose sources differ by 1e-6 (a histogram calibration's rounding) are told apart once the
+    scaler is fitted to them; scaled on the inputs' spread they are at chance, and real differences are not."""
+    q = _quality_simulated_module()
+    rng = np.random.default_rng(0)
+    sites = [s for _ in range(8) for s in ("A", "B", "C", "D")]
+    groups = [g for g in range(8) for _ in range(4)]
+    offset = np.array([{"A": 0, "B": 1, "C": 2, "D": 3}[s] for s in sites], float)[:, None]
+    inputs = rng.normal(scale=0.2, size=(32, 6)) + offset * np.array([1.0, -1, 0.5, 0, 0, 2])
+    calibrated = np.tile(rng.normal(size=6), (32, 1)) + 1e-6 * (offset + rng.normal(scale=0.05, size=(32, 6)))
+    calibrated[:, 5] = 0.25  # a feature that never varies keeps SD 1
+    scale = q.metrics.feature_scale(inputs)
+    assert q.metrics.feature_scale(calibrated)[1][5] == 1.0
+    assert q.site_classifier_accuracy(inputs, sites, groups, scale=scale) >= 0.9
+    assert q.site_classifier_accuracy(calibrated, sites, groups) >= 0.9
+    assert q.site_classifier_accuracy(calibrated, sites, groups, scale=scale) <= 0.4
+
+
+def test_nyul_maps_landmarks_onto_the_standard_scale():
+    q = _quality_simulated_module()
     rng = np.random.default_rng(0)
     vol = rng.random((20, 20, 20)).astype(np.float32) ** 2
     mask = np.ones(vol.shape, bool)
