@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts" / "demo_model"))
@@ -20,7 +21,7 @@ import train_demo  # noqa: E402
 from conftest import REAL_SCANS, load_real_volume  # noqa: E402
 
 
-def _pack(dest: Path, subjects=("a", "b"), sites=("siteA", "siteB")) -> Path:
+def _pack(dest: Path, subjects=("a", "b"), sites=("siteA", "siteB"), seed: int = 0) -> Path:
     """A pack like pack_inputs.py writes: 32x48x32 volumes (uint8), masks, sites, labels, manifest_base.json."""
     from hcld_bids.reports.metrics import site_histogram
     from hcld_bids.simulate import SITES, restyle_model_volume
@@ -30,7 +31,7 @@ def _pack(dest: Path, subjects=("a", "b"), sites=("siteA", "siteB")) -> Path:
         base = load_real_volume(REAL_SCANS[k % len(REAL_SCANS)])
         base[base < 0.15] = 0.0
         for j, site in enumerate(sites):
-            vol = restyle_model_volume(base, SITES[site], np.random.default_rng(10 * k + j))
+            vol = restyle_model_volume(base, SITES[site], np.random.default_rng(10 * k + j + 100 * seed))
             vols.append(vol)
             masks.append(vol > 0)
             labels.append(f"sub-{sub}_ses-{site}")
@@ -292,6 +293,40 @@ def test_set_site_spectra_writes_each_sites_spectrum_and_checks_the_inference_ke
         set_site_spectra.main(["--bundle", str(bundle), "--pack", str(packs[0]), "--inference", "sharpen=2"])
     with pytest.raises(SystemExit, match="no images of the bundle's sites siteB"):
         set_site_spectra.main(["--bundle", str(bundle), "--pack", str(_pack(tmp_path / "a", sites=("siteA",)))])
+
+
+def test_refresh_site_styles_replaces_prototypes_histograms_and_spectra_and_keeps_the_networks(packs, trained,
+                                                                                               tmp_path):
+    import refresh_site_styles
+
+    from hcld_bids.model import load_bundle
+    from hcld_bids.model.prototypes import compute_site_prototype
+    from hcld_bids.model.spectrum import band_power
+
+    out, pack = tmp_path / "new", _pack(tmp_path / "redone", seed=1)  # the same heads rendered again
+    assert refresh_site_styles.main(["--bundle", str(trained["bundle"]), "--pack", str(pack), "--out", str(out)]) == 0
+    before, after = load_bundle(trained["bundle"]), load_bundle(out)
+    base = json.loads((pack / "manifest_base.json").read_text())["sites"]
+    vols, masks, sites, _ = train_demo.load_pack(pack)
+    assert all(after.weights_sha256[f"{k}.safetensors"] == before.weights_sha256[f"{k}.safetensors"]
+               for k in ("autoencoder", "unet"))
+    assert after.weights_sha256["prototypes.safetensors"] != before.weights_sha256["prototypes.safetensors"]
+    for site in ("siteA", "siteB"):
+        entry = after.manifest["sites"][site]
+        assert entry["intensity_histogram"] == base[site]["intensity_histogram"]
+        assert entry["intensity_histogram"] != before.manifest["sites"][site]["intensity_histogram"]
+        expected = np.mean([band_power(v, m) for v, m, s in zip(vols, masks, sites) if s == site], axis=0)
+        np.testing.assert_allclose(entry["power_spectrum"], expected, rtol=1e-5)
+        proto = compute_site_prototype(before.autoencoder, [v for v, s in zip(vols, sites) if s == site],
+                                       before.scale_factor)
+        torch.testing.assert_close(after.prototype(site).latent, proto.latent)
+        assert not torch.equal(after.prototype(site).latent, before.prototype(site).latent)
+    with pytest.raises(SystemExit, match="exists"):
+        refresh_site_styles.main(["--bundle", str(trained["bundle"]), "--pack", str(pack), "--out", str(out)])
+    with pytest.raises(SystemExit, match="no images of the bundle's sites siteB"):
+        refresh_site_styles.main(["--bundle", str(trained["bundle"]), "--out", str(tmp_path / "other"),
+                                  "--pack", str(_pack(tmp_path / "a", sites=("siteA",)))])
+    assert not (tmp_path / "other").exists()
 
 
 def test_train_restoration_resumes_refuses_another_network_and_adds_itself_to_a_bundle(packs, trained, tmp_path):
