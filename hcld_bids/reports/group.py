@@ -551,8 +551,9 @@ def _analyses(records, rows, feats, ages) -> dict:
     for name, before, after in (("intensity histogram", H_before, H_after), ("brain at 4 mm", X_before, X_after)):
         if before is None or after is None:
             continue
-        # after is standardized on before's spread: differences count in units of the unharmonized ones
-        b, a = site_classifier(before, sites), site_classifier(after, sites, scale=metrics.feature_scale(before))
+        # both on before's spread: what remains after counts in units of the unharmonized differences
+        scale = metrics.feature_scale(before)
+        b, a = site_classifier(before, sites, scale=scale), site_classifier(after, sites, scale=scale)
         if b and a:
             classifier.append({"features": name, "before": b["mean"], "after": a["mean"], "before_sd": b["sd"],
                                "after_sd": a["sd"], "chance": b["chance"], "folds": b["folds"]})

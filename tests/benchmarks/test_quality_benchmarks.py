@@ -28,12 +28,23 @@ TINY_UNET = dict(channels=(8, 16, 16), head_channels=16, norm_groups=4)
 SMALL_GRID = (32, 48, 32)
 
 
-def _run(args, timeout=240):
+def _subprocess(args, timeout=240) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=ROOT)
+
+
+def _run(args, timeout=240):
+    proc = _subprocess(args, timeout)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc.stdout
+
+
+def _run_failing(args, timeout=240) -> str:
+    """Run a benchmark that must refuse its arguments in one line: non-zero exit, no traceback; its stderr."""
+    proc = _subprocess(args, timeout)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc.stderr
 
 
 def _read_tsv(path: Path) -> list[dict]:
@@ -416,20 +427,14 @@ def test_reference_loso_scores_an_unseen_site_reference_and_refuses_a_bundle_tha
     assert worse["worst_difference"] == pytest.approx(min(diffs), abs=1e-4)
     assert worse["share_worse"] == pytest.approx(np.mean(np.array(diffs) < 0))
     assert "| hcld_ref |" in stdout
-    proc = subprocess.run([sys.executable, BENCH / "quality_reference_loso.py", "--inputs", inputs, "--bundle",
-                           simulated_setting / "bundle", "--left-out", "siteB", "--out", tmp_path / "o2"],
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
-    assert proc.returncode != 0 and "trained with that site" in proc.stderr
-    proc = subprocess.run([sys.executable, BENCH / "quality_reference_loso.py", "--inputs", inputs, "--bundle",
-                           tmp_path / "loso", "--left-out", "siteC", "--out", tmp_path / "o3"],
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
-    assert proc.returncode != 0 and "need at least two subjects with an image at siteC" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, BENCH / "quality_reference_loso.py", "--inputs", inputs, "--bundle",
-                           tmp_path / "loso", "--left-out", "siteB", "--out", tmp_path / "o4",
-                           "--reference-calibration", "1.5"],
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
-    assert proc.returncode != 0 and "must be in [0, 1]" in proc.stderr and "Traceback" not in proc.stderr
+    loso = [BENCH / "quality_reference_loso.py", "--inputs", inputs]
+    assert "trained with that site" in _run_failing(
+        loso + ["--bundle", simulated_setting / "bundle", "--left-out", "siteB", "--out", tmp_path / "o2"])
+    assert "need at least two subjects with an image at siteC" in _run_failing(
+        loso + ["--bundle", tmp_path / "loso", "--left-out", "siteC", "--out", tmp_path / "o3"])
+    assert "must be in [0, 1]" in _run_failing(
+        loso + ["--bundle", tmp_path / "loso", "--left-out", "siteB", "--out", tmp_path / "o4",
+                "--reference-calibration", "1.5"])
 
 
 def test_ceiling_scores_a_rescan_against_the_original(simulated_setting, tmp_path):
@@ -513,7 +518,5 @@ def test_registration_consistency_measures_how_far_a_heads_sessions_are_placed_a
     assert all(rows[("h2", s)] < 1e-6 for s in ("siteA", "siteB", "siteC"))
     assert "2 heads" in out and "siteA 0.25" in out
     # a work directory without two sessions of one head is refused in one line
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(BENCH / "registration_consistency.py"), str(tmp_path / "work"),
-                           "--participant-label", "h3"], capture_output=True, text=True, env=env, cwd=ROOT)
+    proc = _subprocess([BENCH / "registration_consistency.py", tmp_path / "work", "--participant-label", "h3"])
     assert proc.returncode == 2 and "no head with two or more registered sessions" in proc.stderr
