@@ -125,6 +125,39 @@ def _edit_manifest(tmp, **preprocessing):
     return ["--model", str(model)]
 
 
+def _manifest_block(tmp, block, value):
+    """A copy of the demo model whose manifest's top-level ``block`` is ``value``."""
+    model = _copy_model(tmp)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest[block] = value
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    return ["--model", str(model)]
+
+
+def _short_histogram(tmp):
+    model = _copy_model(tmp)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["sites"]["siteA"]["intensity_histogram"]["density"] = [1.0]
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    return ["--model", str(model)]
+
+
+def _sidecar_text(bids, text, sub="01"):
+    (bids / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.json").write_text(text)
+    return bids
+
+
+def _database_dir(tmp, content: bytes | None):
+    """``--bids-database-dir``: a plain file (``content`` None) or a directory holding a damaged index."""
+    path = tmp / "db"
+    if content is None:
+        path.write_text("not a directory")
+    else:
+        path.mkdir()
+        (path / "layout_index.sqlite").write_bytes(content)
+    return ["--bids-database-dir", str(path)]
+
+
 def _description(bids, text):
     (bids / "dataset_description.json").write_text(text)
     return bids
@@ -374,6 +407,27 @@ CASES = [
     ("disk-full-dataset-description", 73, ["dataset_description.json", "disk is full"],
      lambda b, t: (b, t / "out", OK_TARGET)),
     ("disk-full-run-config", 73, [".toml", "disk is full"], lambda b, t: (b, t / "out", OK_TARGET)),
+    # --- found by a sweep of the error paths (2026-12-07) ---
+    ("target-site-empty", 64, ["--target-site", "empty site name"], lambda b, t: (b, t / "out",
+                                                                                  ["--target-site", ""])),
+    ("random-seed-too-large", 64, ["--random-seed", "4294967295"], lambda b, t: (b, t / "out", [
+        *OK_TARGET, "--random-seed", str(10 ** 20)])),
+    ("sidecar-not-json-skipped-validation", 16, ["sub-01_T1w.json", "not valid JSON"], lambda b, t: (
+        _sidecar_text(b, '{"Manufacturer": '), t / "out", [*OK_TARGET, "--participant-label", "02"])),
+    ("filter-unknown-entity", 64, ["--bids-filter-file", "nonexistent_entity"], lambda b, t: (b, t / "out", [
+        *OK_TARGET, *_filter_file(t, '{"t1w": {"nonexistent_entity": "x"}}')])),
+    ("plugin-unknown", 64, ["--use-plugin", "'Nonexistent'", "MultiProc"], lambda b, t: (b, t / "out", [
+        *OK_TARGET, *_plugin(t, "plugin: Nonexistent\n")])),
+    ("database-dir-is-a-file", 64, ["--bids-database-dir", "is a file"], lambda b, t: (b, t / "out", [
+        *OK_TARGET, *_database_dir(t, None)])),
+    ("database-dir-damaged-index", 64, ["--bids-database-dir", "damaged"], lambda b, t: (b, t / "out", [
+        *OK_TARGET, *_database_dir(t, b"garbage, not SQLite" * 100)])),
+    ("model-autoencoder-block-null", 65, ["manifest.json", "'autoencoder'"], lambda b, t: (b, t / "out", [
+        *OK_TARGET, *_manifest_block(t, "autoencoder", None)])),
+    ("model-sites-block-a-list", 65, ["manifest.json", "'sites'"], lambda b, t: (b, t / "out", [
+        *OK_TARGET, *_manifest_block(t, "sites", ["siteA"])])),
+    ("model-histogram-too-short", 65, ["manifest.json", "'siteA'", "histogram"], lambda b, t: (b, t / "out", [
+        *OK_TARGET, *_short_histogram(t)])),
 ]
 
 
@@ -583,6 +637,23 @@ def test_group_level_skips_half_finished_participants_with_a_warning_and_lists_t
     assert rows.loc["sub-06", "wasserstein_after"] == "n/a"
     assert (out / "group_report.html").is_file()
     assert hash_tree(half_finished[1]) == before
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '{"HCLD": ', '{"HCLD": [1], "QC": "x"}'], ids=["list", "cut", "odd-blocks"])
+def test_group_level_names_a_damaged_sidecar_and_goes_on(half_finished, tmp_path, capsys, text):
+    out = Path(shutil.copytree(half_finished[0], tmp_path / "out"))
+    sidecar = out / "sub-02" / "anat" / "sub-02_space-MNI152NLin6Asym_res-2_desc-harmonized_T1w.json"
+    sidecar.write_text(text)
+    code = main([str(half_finished[1]), str(out), "group", "-w", str(tmp_path / "work"), *FAST])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "Traceback" not in err and "error:" not in err
+    if text.startswith("{\"HCLD\": ["):  # a JSON object whose blocks have other types: read as absent
+        assert any("sub-02" in w and "missing-qc" in w for w in err.splitlines()), err
+    else:
+        assert any(sidecar.relative_to(out).as_posix() in w and "missing-sidecar" in w and "participant level" in w
+                   for w in err.splitlines()), err
+    assert (out / "group_report.html").is_file()
 
 
 def test_group_level_on_a_full_disk_ends_with_73_and_leaves_no_partial_table(half_finished, tmp_path, capsys,

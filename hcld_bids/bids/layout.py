@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import CannotCreateOutputError, MissingInputError, NoDataError, UsageError
+from ..errors import CannotCreateOutputError, InvalidBIDSError, MissingInputError, NoDataError, UsageError
 from .validation import dataset_fingerprint
 
 LOGGER = logging.getLogger("hcld_bids.bids")
@@ -113,16 +113,39 @@ def _query_value(value):
     return value
 
 
+#: pybids' message for a sidecar it cannot parse (it names the file).
+_BAD_JSON = re.compile(r"decode JSON from file (?:<\w+ filename='(?P<name>[^']+)'>|(?P<path>.+?)\.?$)")
+
+
 def _open_indexed(bids_dir: Path, database_dir: Path | None, validate: bool):
+    """pybids' layout of ``bids_dir``; a sidecar that is not JSON and a damaged saved index end in one line."""
+    import sqlite3
+
+    import sqlalchemy.exc
     from bids import BIDSLayout
     from bids.layout.index import BIDSLayoutIndexer
 
-    return BIDSLayout(
-        str(bids_dir),
-        validate=validate,
-        database_path=str(database_dir) if database_dir is not None else None,
-        indexer=BIDSLayoutIndexer(validate=validate, ignore=list(_INDEX_IGNORE)),
-    )
+    try:
+        return BIDSLayout(
+            str(bids_dir),
+            validate=validate,
+            database_path=str(database_dir) if database_dir is not None else None,
+            indexer=BIDSLayoutIndexer(validate=validate, ignore=list(_INDEX_IGNORE)),
+        )
+    except OSError as err:
+        bad = _BAD_JSON.search(str(err))
+        if bad is None:
+            raise
+        raise InvalidBIDSError(
+            f"{bad.group('name') or bad.group('path')} is not valid JSON; fix or remove it (the bids-validator "
+            "reports such files)"
+        ) from None
+    except (sqlite3.DatabaseError, sqlalchemy.exc.DatabaseError) as err:
+        cause = getattr(err, "orig", None) or err
+        raise UsageError(
+            f"--bids-database-dir {database_dir} holds a damaged pybids index ({cause}); remove it or give an "
+            "empty directory"
+        ) from None
 
 
 def _has_index(database_dir: Path) -> bool:
@@ -188,6 +211,8 @@ def open_layout(
         key = dataset_fingerprint(bids_dir, extra=f"validate={validate}")[:16]
         database_dir = Path(work_dir).absolute() / "bids_db" / key
     database_dir = Path(database_dir).absolute()
+    if database_dir.exists() and not database_dir.is_dir():
+        raise UsageError(f"--bids-database-dir {database_dir} is a file, not a directory; give a directory")
     if not _has_index(database_dir):
         if database_dir.is_dir() and any(database_dir.iterdir()):
             raise UsageError(
@@ -251,7 +276,16 @@ def collect_t1w(
     if session_label:
         query["session"] = session_label
 
-    files = layout.get(return_type="object", **query)
+    try:
+        files = layout.get(return_type="object", **query)
+    except ValueError as err:  # pybids: an entity it does not know
+        unknown = sorted(set((bids_filters or {}).get("t1w", {})) - set(layout.get_entities()))
+        if not unknown:
+            raise
+        raise UsageError(
+            f"--bids-filter-file: {', '.join(unknown)} is not a BIDS entity of this dataset; use entities such as "
+            "session, acquisition, run or reconstruction"
+        ) from err
     if not files:
         described = ", ".join(f"{k}={v}" for k, v in sorted(query.items(), key=lambda kv: kv[0]))
         raise NoDataError(f"no T1w image in BIDS_DIR matches the selection ({described})")

@@ -89,6 +89,23 @@ def _non_negative_int(value: str) -> int:
     return number
 
 
+#: Largest --random-seed: the generators of numpy and torch take seeds of 32 bits.
+MAX_SEED = 2 ** 32 - 1
+
+
+def _seed(value: str) -> int:
+    number = _non_negative_int(value)
+    if number > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r}: expected a whole number from 0 to {MAX_SEED}")
+    return number
+
+
+def _site_name(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty site name: give a site the model knows")
+    return value
+
+
 def _positive_float(value: str) -> float:
     try:
         number = float(value)
@@ -300,6 +317,7 @@ def build_parser() -> HCLDArgumentParser:
     target.add_argument(
         "--target-site",
         dest="target_site",
+        type=_site_name,
         metavar="SITE",
         help="harmonize toward this site's style prototype in the model (participant level); at the train "
         "level: train toward this site only, as in the paper (default: any site toward any site)",
@@ -371,7 +389,7 @@ def build_parser() -> HCLDArgumentParser:
     harmonize.add_argument(
         "--random-seed",
         dest="random_seed",
-        type=_non_negative_int,
+        type=_seed,
         default=workflow_defaults.random_seed,
         metavar="N",
         help="seed of every random number generator (results are deterministic for a seed)",

@@ -91,6 +91,14 @@ def load_plugin_file(path: Path) -> tuple[str, dict]:
         raise UsageError(f"--use-plugin file {path} is not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(content, dict) or not isinstance(content.get("plugin"), str):
         raise UsageError(f"--use-plugin file {path} must have a 'plugin:' entry (e.g. 'plugin: MultiProc')")
+    from nipype.pipeline import plugins
+
+    known = sorted(name[: -len("Plugin")] for name in dir(plugins) if name.endswith("Plugin") and name != "Plugin")
+    if not hasattr(plugins, f"{content['plugin']}Plugin"):
+        close = difflib.get_close_matches(content["plugin"], known, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UsageError(f"--use-plugin file {path}: nipype has no plugin {content['plugin']!r}{hint}; choose one of "
+                         f"{', '.join(known)}")
     plugin_args = content.get("plugin_args") or {}
     if not isinstance(plugin_args, dict):
         raise UsageError(f"--use-plugin file {path}: 'plugin_args' must be a mapping")
@@ -423,6 +431,23 @@ def main(argv: list[str] | None = None) -> int:
         return _run_reporting_errors(args, verbosity)
 
 
+def _exit_at_once(signum, frame) -> None:
+    """SIGINT handler after the first Ctrl-C: leave now, silently (the interruption was reported)."""
+    os._exit(130)
+
+
+def _exit_on_next_interrupt() -> None:
+    """After an interruption was reported the process shuts down (it stops its worker pool, whose workers
+    finish the node they run if the Ctrl-C did not reach them); a second Ctrl-C then ends it at once instead
+    of printing the traceback of the wait it interrupted. Workers left behind end on their own
+    (:func:`hcld_bids.levels.execution._exit_when_orphaned`)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _exit_at_once)
+
+
 def _run_reporting_errors(args: argparse.Namespace, verbosity: int) -> int:
     """Build the config and run; turn every exception into one line on stderr and an exit code."""
     config = None
@@ -436,6 +461,7 @@ def _run_reporting_errors(args: argparse.Namespace, verbosity: int) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         print(_error_line("interrupted"), file=sys.stderr)
+        _exit_on_next_interrupt()
         return 130
     except OSError as err:
         if err.errno not in OUTPUT_ERRNOS:

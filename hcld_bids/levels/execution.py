@@ -55,6 +55,7 @@ def plugin_settings(config) -> dict:
 #: worker starts from that process with all of it loaded (ANTsPy alone takes about 3 s to import, torch 2 s).
 WORKER_PRELOAD = (
     "__main__",  # multiprocessing's own default
+    "hcld_bids._interrupt",  # before the heavy imports: a Ctrl-C while they run ends the server quietly
     "numpy", "nibabel", "scipy.ndimage", "nipype.pipeline.engine", "nipype.pipeline.plugins.multiproc",
     "ants", "torch",
     "hcld_bids.interfaces.preproc", "hcld_bids.interfaces.harmonize", "hcld_bids.interfaces.qc",
@@ -155,6 +156,21 @@ def configure_nipype(config) -> None:
 _DISK_FULL_MARKERS = ("No space left on device", "Disk quota exceeded")
 
 
+def _interrupted(crash_files) -> bool:
+    """Whether a crash file of this run records a node stopped by Ctrl-C (``KeyboardInterrupt``)."""
+    return any(read_crash_file(crash)[1].startswith("KeyboardInterrupt") for crash in crash_files)
+
+
+def _unwritable_output(crash_files) -> tuple[str, str] | None:
+    """``(crash file, error)`` of a node that writes the outputs and was refused the permission (or met a
+    read-only file system): exit 73, as when OUTPUT_DIR itself cannot be written. None otherwise."""
+    for crash in crash_files:
+        node, error = read_crash_file(crash)
+        if ".outputs_wf." in f".{node}." and error.startswith(("PermissionError", "OSError: [Errno 30]")):
+            return crash, error
+    return None
+
+
 def _disk_full_crash(crash_files) -> str | None:
     """The line of a crash file that says a write failed for lack of space, or None."""
     for crash in crash_files:
@@ -181,7 +197,7 @@ _STEPS = {
     "itk_xfm": "the export of the transform", "provenance": "the provenance record",
     "outputs_wf": "writing the outputs", "export_training_input": "the export of the training inputs",
 }
-_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)|[A-Z]\w*Error\w*): ?(.*)$")
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)|[A-Z]\w*Error\w*)(?:: ?(.*))?$")
 
 
 def _t1w_labels(records) -> dict[str, str]:
@@ -202,7 +218,7 @@ def read_crash_file(path) -> tuple[str, str]:
     for line in lines[next((i for i, line in enumerate(lines) if line.startswith("Traceback")), len(lines)):]:
         match = _EXCEPTION_LINE.match(line.strip())
         if match and not match.group(1).endswith("NodeExecutionError"):
-            error = f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2)}".strip().rstrip(":")
+            error = f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2) or ''}".strip().rstrip(":")
     return node, " ".join(error.split())[:300]
 
 
@@ -283,15 +299,59 @@ def remove_old_crash_files(config, records) -> list[Path]:
     return removed
 
 
-def _init_worker(cwd, log_queue) -> None:
+def _worker_interrupted(signum, frame) -> None:
+    """SIGINT in a MultiProc worker (Ctrl-C reaches the whole process group). Running a node: interrupt it
+    (nipype records the interruption and the main process, interrupted too, ends the run with exit 130).
+    Idle, waiting for work: leave quietly, without the traceback that multiprocessing prints for a worker
+    that dies of ``KeyboardInterrupt``."""
+    while frame is not None:
+        if frame.f_code.co_name == "run_node":
+            raise KeyboardInterrupt
+        frame = frame.f_back
+    raise SystemExit(130)
+
+
+#: Seconds between two looks of a worker at whether the process that started it is still there.
+ORPHAN_CHECK_S = 2.0
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _exit_when_orphaned(main_pid: int) -> None:
+    """In a daemon thread of a worker: exit once the run's main process is gone. An idle worker otherwise
+    waits on its task queue forever when the main process was killed before it could stop the pool (a second
+    Ctrl-C during the shutdown, SIGKILL); and the fork server, which hands every worker the end of the pipe
+    it watches for the main process, would wait for the workers."""
+    import time
+
+    while _process_exists(main_pid):
+        time.sleep(ORPHAN_CHECK_S)
+    os._exit(1)
+
+
+def _init_worker(cwd, log_queue, main_pid=None) -> None:
     """Start of a MultiProc worker: nipype's own set-up, then its log records (nipype's and ours) go to the
     main process through ``log_queue`` instead of the console, so that the main process decides where they
-    are shown (the run's log file; the console with ``-v``; progress lines)."""
+    are shown (the run's log file; the console with ``-v``; progress lines). Ctrl-C and the death of the main
+    process end an idle worker quietly (:func:`_worker_interrupted`, :func:`_exit_when_orphaned`)."""
+    import signal
+    import threading
     from logging.handlers import QueueHandler
 
     from nipype.pipeline.plugins.multiproc import process_initializer
 
     process_initializer(cwd)
+    signal.signal(signal.SIGINT, _worker_interrupted)
+    if main_pid is not None:
+        threading.Thread(target=_exit_when_orphaned, args=(main_pid,), name="orphan-check", daemon=True).start()
     handler = QueueHandler(log_queue)
     for name in ("nipype", "hcld_bids"):
         logger = logging.getLogger(name)
@@ -333,7 +393,7 @@ def _multiproc_runner(plugin_args: dict, log_queue):
             super().__init__(plugin_args=plugin_args)
             self.pool.shutdown(wait=False)  # no worker was started yet: replace the pool, same settings
             self.pool = ProcessPoolExecutor(
-                max_workers=self.processors, initializer=_init_worker, initargs=(self._cwd, log_queue),
+                max_workers=self.processors, initializer=_init_worker, initargs=(self._cwd, log_queue, os.getpid()),
                 mp_context=multiprocessing.get_context(self.plugin_args.get("mp_context")))
             self._finished = threading.Event()
 
@@ -416,12 +476,22 @@ def run_workflow(workflow, config, records=None, progress=None) -> None:
         workflow.run(**runner)
     except RuntimeError:
         crashes = crash_files(config)
+        if _interrupted(crashes):
+            # Ctrl-C reached a worker first: the run was interrupted, not failed (exit 130, as for the main)
+            raise KeyboardInterrupt from None
         full = _disk_full_crash(crashes)
         if full is not None:
             where = f"; crash file(s): {', '.join(crashes[:3])}" if crashes else ""
             raise CannotCreateOutputError(
                 f"the disk is full ({full}){where}; free space on the file system of OUTPUT_DIR or the work "
                 "directory and rerun (finished steps are reused from the work directory)"
+            ) from None
+        denied = _unwritable_output(crashes)
+        if denied is not None:
+            crash, error = denied
+            raise CannotCreateOutputError(
+                f"writing the outputs failed ({error}); check the permissions of OUTPUT_DIR and what is in it, then "
+                f"rerun (finished steps are reused); crash file: {crash}"
             ) from None
         raise HCLDError(failure_message(crashes, records)) from None
     finally:

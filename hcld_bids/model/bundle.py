@@ -26,6 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -266,11 +267,49 @@ def _build(cls, section: dict, state: dict, mpath: Path, what: str):
     return model.eval().requires_grad_(False)
 
 
+def _check_sections(manifest: dict, mpath: Path) -> None:
+    """The manifest's blocks have the types the loader and the harmonizer read (a hand-edited or damaged
+    manifest gets one line naming the block, not an error deep in the harmonizer or its report)."""
+    for block in ("autoencoder", "unet"):
+        if not isinstance(manifest.get(block), dict) or not isinstance(manifest[block].get("config"), dict):
+            raise BundleError(f"{mpath}: the '{block}' block must be an object with a 'config' object; restore the "
+                              "bundle from its source")
+    for block in ("prototypes", "sites", "restoration", "noise_schedule"):
+        if manifest.get(block) is not None and not isinstance(manifest[block], dict):
+            raise BundleError(f"{mpath}: the '{block}' block must be an object; restore the bundle from its source")
+    for site, entry in (manifest.get("sites") or {}).items():
+        if not isinstance(entry, dict):
+            raise BundleError(f"{mpath}: site {site!r} must be an object; restore the bundle from its source")
+        hist = entry.get("intensity_histogram")
+        if hist is not None:
+            try:
+                edges = np.asarray(hist["edges"], dtype=float)
+                density = np.asarray(hist["density"], dtype=float)
+                ok = (edges.ndim == density.ndim == 1 and density.size >= 2 and edges.size == density.size + 1
+                      and np.isfinite(edges).all() and np.isfinite(density).all() and (np.diff(edges) > 0).all())
+            except (KeyError, TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise BundleError(f"{mpath}: the intensity histogram of site {site!r} needs increasing 'edges' one "
+                                  "longer than its 'density'; restore the bundle from its source")
+        spectrum = entry.get("power_spectrum")
+        if spectrum is not None:
+            try:
+                values = np.asarray(spectrum, dtype=float)
+                ok = values.ndim == 1 and round(values.size ** (1 / 3)) ** 3 == values.size > 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise BundleError(f"{mpath}: the power spectrum of site {site!r} must be a list of n**3 numbers; "
+                                  "restore the bundle from its source")
+
+
 def load_bundle(path, device="cpu") -> ModelBundle:
     """Load and verify a bundle; the networks are returned in eval mode on ``device``."""
     path = Path(path)
     manifest = read_manifest(path)
     mpath = path / MANIFEST
+    _check_sections(manifest, mpath)
     weights = manifest["weights"]
     if not isinstance(weights, dict) or not all(isinstance(v, str) for v in weights.values()):
         raise BundleError(f"{mpath}: 'weights' must map file names to sha256 strings; restore the bundle")

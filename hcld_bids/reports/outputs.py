@@ -61,7 +61,8 @@ class ImageRecord:
 
     @property
     def hcld(self) -> dict:
-        return dict((self.sidecar or {}).get("HCLD") or {})
+        hcld = (self.sidecar or {}).get("HCLD")
+        return dict(hcld) if isinstance(hcld, dict) else {}
 
     @property
     def at_target(self) -> bool:
@@ -186,12 +187,19 @@ def find_images(output_dir: str | os.PathLike, subject: str | None = None) -> li
         if record.harmonized is not None:
             sidecar_path = record.harmonized.with_name(record.harmonized.name.replace(".nii.gz", ".json"))
             try:
-                record.sidecar = json.loads(sidecar_path.read_text())
-            except (OSError, ValueError):
+                sidecar = json.loads(sidecar_path.read_text())
+                if not isinstance(sidecar, dict):
+                    raise ValueError(f"a JSON {type(sidecar).__name__}, not an object")
+            except (OSError, ValueError) as err:
                 record.problems.append(MISSING_SIDECAR)
+                reason = "missing" if isinstance(err, FileNotFoundError) else f"unreadable: {' '.join(str(err).split())}"
+                LOGGER.warning("%s: %s (the file is %s); run the participant level again for this image to "
+                               "rewrite it", record.relative(output_dir, sidecar_path), MISSING_SIDECAR, reason[:200])
             else:
+                record.sidecar = sidecar
                 if record.qc is None:
                     record.problems.append(MISSING_QC)
         for problem in record.problems:
-            LOGGER.warning("%s: %s", record.relative(output_dir), problem)
+            if problem != MISSING_SIDECAR:  # said above, with the file and the reason
+                LOGGER.warning("%s: %s", record.relative(output_dir), problem)
     return sorted(records.values(), key=lambda r: tuple(str(r.entities.get(k) or "") for k in _ENTITY_ORDER))

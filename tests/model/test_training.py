@@ -228,3 +228,18 @@ def test_one_target_training_refuses_a_site_without_images(tmp_path, tiny_unet_c
                          target_site="philips")
     with pytest.raises(UnknownSiteError, match="philips"):
         train_ldm(torch.randn(4, 6, 8, 12, 8), SITES, cfg, tmp_path, device="cpu")
+
+
+def test_an_unreadable_latent_cache_is_encoded_again(tmp_path, tiny_ae_config, real_volumes, caplog):
+    from hcld_bids.model.training.stage2 import LATENT_CACHE, cached_latents
+
+    ae = AutoencoderKL(**tiny_ae_config).eval()
+    vols = real_volumes[:2]
+    first = cached_latents(ae, vols, 1.0, tmp_path, "cpu")
+    cache = tmp_path / LATENT_CACHE
+    cache.write_bytes(cache.read_bytes()[:40])  # a run killed while another process wrote it by hand
+    with caplog.at_level("WARNING", logger="hcld_bids.model"):
+        again = cached_latents(ae, vols, 1.0, tmp_path, "cpu")
+    assert torch.equal(first, again)
+    assert "unreadable" in caplog.text and str(cache) in caplog.text
+    assert cached_latents(ae, vols, 1.0, tmp_path, "cpu").shape == first.shape  # the rewritten cache reads

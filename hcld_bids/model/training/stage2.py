@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ from .config import LDMTrainConfig
 from .data import random_crop_box, scale_box, volume_tensor
 from .distributed import DistContext, setup, unwrap
 from .loop import HISTORY, TrainingRun
+
+LOGGER = logging.getLogger("hcld_bids.model")
 
 LATENT_CACHE = "latents.safetensors"
 
@@ -71,9 +74,13 @@ def cached_latents(autoencoder, volumes: Sequence, scale_factor: float, workdir,
     if path.is_file():
         from safetensors import safe_open
 
-        with safe_open(str(path), "pt") as f:
-            if f.metadata() == key:
-                return load_file(str(path))["latents"]
+        try:
+            with safe_open(str(path), "pt") as f:
+                if f.metadata() == key:
+                    return load_file(str(path))["latents"]
+        except Exception as err:  # noqa: BLE001 - a cache: whatever is wrong with it, encode again
+            LOGGER.warning("the latent cache %s is unreadable (%s); encoding the training images again", path,
+                           " ".join(str(err).split())[:200])
     z = torch.cat([encode_scaled(autoencoder, volumes[i], scale_factor, device).cpu() for i in range(len(volumes))])
     Path(workdir).mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
