@@ -104,6 +104,12 @@ def _reference(tmp, data, affine=None):
     return ["--reference-image", str(path)]
 
 
+def _complex_reference(tmp):
+    path = tmp / "ref.nii.gz"
+    nib.save(nib.Nifti1Image((_noise((64, 64, 64)) * (1 + 1j)).astype(np.complex64), HEAD_3MM), path)
+    return ["--reference-image", str(path)]
+
+
 def _reference_text_file(tmp):
     path = tmp / "ref.txt"
     path.write_text("T1w reference: see the lab wiki\n")
@@ -426,6 +432,10 @@ CASES = [
         *OK_TARGET, *_manifest_block(t, "autoencoder", None)])),
     ("model-sites-block-a-list", 65, ["manifest.json", "'sites'"], lambda b, t: (b, t / "out", [
         *OK_TARGET, *_manifest_block(t, "sites", ["siteA"])])),
+    ("reference-is-a-directory", 65, ["--reference-image", "directory"], lambda b, t: (b, t / "out", [
+        "--reference-image", str((t / "refdir").mkdir() or t / "refdir")])),
+    ("reference-complex", 65, ["--reference-image", "ref.nii.gz", "complex"], lambda b, t: (b, t / "out",
+                                                                                           _complex_reference(t))),
     ("model-histogram-too-short", 65, ["manifest.json", "'siteA'", "histogram"], lambda b, t: (b, t / "out", [
         *OK_TARGET, *_short_histogram(t)])),
 ]

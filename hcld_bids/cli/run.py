@@ -37,6 +37,7 @@ from ..config import (
 )
 from ..errors import (
     OUTPUT_ERRNOS,
+    BadDataError,
     CannotCreateOutputError,
     HCLDError,
     MissingInputError,
@@ -141,6 +142,8 @@ def build_config(args: argparse.Namespace) -> Config:
         )
 
     reference_image = args.reference_image.absolute() if args.reference_image else None
+    if reference_image is not None and reference_image.is_dir():
+        raise BadDataError(f"--reference-image {reference_image} is a directory; give the path of a NIfTI file")
     if reference_image is not None and not reference_image.is_file():
         raise MissingInputError(f"--reference-image {reference_image} does not exist")
     if level == "participant" and args.target_site is None and reference_image is None:

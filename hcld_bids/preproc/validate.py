@@ -48,6 +48,8 @@ def load_t1w(path) -> nib.Nifti1Image:
     trailing 4th dimension of length 1 is dropped). Raises BadDataError/MissingInputError.
     """
     path = Path(os.fspath(path))
+    if path.is_dir():
+        raise _bad(path, "is a directory, not a NIfTI file", "give the path of the .nii or .nii.gz file")
     if not path.is_file():
         raise MissingInputError(f"{path}: T1w file not found; check the path or the BIDS dataset.")
     if path.name.endswith(".gz"):
@@ -96,6 +98,9 @@ def load_t1w(path) -> nib.Nifti1Image:
         shown = " x ".join(f"{v:g}" for v in np.round(fov, 1))
         raise _bad(path, f"covers only {shown} mm ({' x '.join(map(str, shape))} voxels), less than a brain",
                    f"provide a whole-head 3D T1w covering at least {MIN_FOV_MM:g} mm along every axis")
+    if np.issubdtype(img.get_data_dtype(), np.complexfloating):
+        raise _bad(path, f"holds complex values ({img.get_data_dtype()}), not a magnitude image",
+                   "export the magnitude image of the T1w series")
     try:
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as exc:

@@ -485,7 +485,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the record names this run's own arguments
-    return run(args)
+    from hcld_bids.model import CheckpointError
+
+    try:
+        return run(args)
+    except CheckpointError as err:  # a state that was killed mid-write, is partial or of another design
+        print(f"train_demo.py: error: {err}", file=sys.stderr)
+        return 65
 
 
 if __name__ == "__main__":

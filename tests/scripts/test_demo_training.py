@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 import tarfile
 from pathlib import Path
@@ -379,3 +380,17 @@ def test_train_demo_bundles_the_restoration_prior_of_its_state(packs, trained, t
     bundle = load_bundle(tmp_path / "bundle")
     assert bundle.restoration is not None and bundle.restoration.config == {"channels": 4, "blocks": 1}
     assert bundle.manifest["restoration"]["training"]["steps"] == 2
+
+
+@pytest.mark.slow
+def test_train_demo_refuses_a_damaged_state_in_one_line(packs, trained, tmp_path, capsys):
+    state = tmp_path / "state"
+    shutil.copytree(trained["state"], state)
+    checkpoint = state / "stage1" / "checkpoint.safetensors"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])  # killed while an older version wrote it in place
+    code = train_demo.main(["--pack", str(packs[0]), "--val-pack", str(packs[1]), "--state", str(state), "--tiny",
+                            "--threads", "1", "--reserve-minutes", "0", "--minutes", "1", "--bundle",
+                            str(tmp_path / "bundle")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 65 and err[-1].startswith("train_demo.py: error:") and str(checkpoint) in err[-1], err
+    assert "Traceback" not in "\n".join(err)
