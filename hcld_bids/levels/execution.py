@@ -108,7 +108,8 @@ def worker_pool(config):
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=max(1, int(config.nipype.nprocs)),
-                             mp_context=multiprocessing.get_context("forkserver")) as pool:
+                             mp_context=multiprocessing.get_context("forkserver"),
+                             initializer=_start_orphan_check, initargs=(os.getpid(),)) as pool:
         yield pool
 
 
@@ -337,13 +338,19 @@ def _exit_when_orphaned(main_pid: int) -> None:
     os._exit(1)
 
 
+def _start_orphan_check(main_pid: int) -> None:
+    """Start :func:`_exit_when_orphaned` in a daemon thread (a pool's initializer)."""
+    import threading
+
+    threading.Thread(target=_exit_when_orphaned, args=(main_pid,), name="orphan-check", daemon=True).start()
+
+
 def _init_worker(cwd, log_queue, main_pid=None) -> None:
     """Start of a MultiProc worker: nipype's own set-up, then its log records (nipype's and ours) go to the
     main process through ``log_queue`` instead of the console, so that the main process decides where they
     are shown (the run's log file; the console with ``-v``; progress lines). Ctrl-C and the death of the main
     process end an idle worker quietly (:func:`_worker_interrupted`, :func:`_exit_when_orphaned`)."""
     import signal
-    import threading
     from logging.handlers import QueueHandler
 
     from nipype.pipeline.plugins.multiproc import process_initializer
@@ -351,7 +358,7 @@ def _init_worker(cwd, log_queue, main_pid=None) -> None:
     process_initializer(cwd)
     signal.signal(signal.SIGINT, _worker_interrupted)
     if main_pid is not None:
-        threading.Thread(target=_exit_when_orphaned, args=(main_pid,), name="orphan-check", daemon=True).start()
+        _start_orphan_check(main_pid)
     handler = QueueHandler(log_queue)
     for name in ("nipype", "hcld_bids"):
         logger = logging.getLogger(name)
