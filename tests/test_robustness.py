@@ -713,3 +713,22 @@ def test_a_node_that_hits_a_full_disk_ends_the_run_with_73(dataset, tmp_path, la
     assert info.value.exit_code == code
     assert str(crash_dir / "crash-ds_harmonized.txt") in info.value.message
     assert ("disk is full" in info.value.message) == (code == 73)
+
+
+@pytest.mark.slow
+def test_an_image_that_is_not_a_head_is_harmonized_but_fails_qc(dataset, tmp_path, capsys):
+    """Noise given as a T1w passes the input checks (3D, finite, not constant, head-sized): the run goes on,
+    and the QC says the input is unlike a brain where the template has one."""
+    t1w = _t1w(dataset)
+    img = nib.load(t1w)
+    noise = np.random.default_rng(0).random(img.shape).astype(np.float32) * 1000
+    nib.save(nib.Nifti1Image(noise, img.affine, img.header), t1w)
+    out = tmp_path / "out"
+    code = main([str(dataset), str(out), "participant", "-w", str(tmp_path / "work"), *FAST, *OK_TARGET,
+                 "--participant-label", "01", "--sloppy"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    sidecar = next(out.glob("sub-01/anat/*res-2_desc-harmonized_T1w.json"))
+    qc = json.loads(sidecar.read_text())["QC"]
+    assert qc["TemplateSimilarity"] < 0.05 and "unlike-a-brain" in qc["Flags"]
+    assert "QC FAILED for sub-01_T1w: unlike-a-brain" in err

@@ -15,6 +15,8 @@ class _HarmonizationQCInputSpec(BaseInterfaceInputSpec):
     model_manifest = File(exists=True, desc="the model bundle's manifest.json")
     reference_t1w = File(exists=True, desc="reference volume on the model grid (target style)")
     reference_mask = File(exists=True, desc="brain mask of the reference on the model grid")
+    template_t1w = File(exists=True, desc="the template's T1w (TemplateSimilarity; skipped on another grid)")
+    template_mask = File(exists=True, desc="the template's brain mask")
 
 
 class _HarmonizationQCOutputSpec(TraitedSpec):
@@ -22,7 +24,8 @@ class _HarmonizationQCOutputSpec(TraitedSpec):
 
 
 class HarmonizationQC(SimpleInterface):
-    """Histogram distances to the target style before/after, structure preservation, mask agreement, flags."""
+    """Histogram distances to the target style before/after, structure preservation, mask agreement, the
+    input's similarity to the template, flags."""
 
     input_spec = _HarmonizationQCInputSpec
     output_spec = _HarmonizationQCOutputSpec
@@ -44,5 +47,11 @@ class HarmonizationQC(SimpleInterface):
                                  "intensity_histogram; rebuild its prototype with this version of hcld-bids")
             edges, density = np.asarray(hist["edges"], float), np.asarray(hist["density"], float)
         images = [nib.load(f) for f in (self.inputs.t1w_preproc, self.inputs.harmonized, self.inputs.brain_mask)]
-        self._results["qc"] = image_qc(*images, edges, density)
+        template = None
+        if isdefined(self.inputs.template_t1w) and isdefined(self.inputs.template_mask):
+            pair = [nib.as_closest_canonical(nib.load(f)) for f in (self.inputs.template_t1w,
+                                                                    self.inputs.template_mask)]
+            if pair[0].shape == images[0].shape and np.allclose(pair[0].affine, images[0].affine, atol=1e-3):
+                template = tuple(np.asarray(img.dataobj, dtype=np.float32) for img in pair)
+        self._results["qc"] = image_qc(*images, edges, density, template=template)
         return runtime

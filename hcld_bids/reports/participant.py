@@ -44,6 +44,9 @@ FLAG_TEXT = {
     metrics.FLAG_MASK: f"part of the brain missing in the output: mask Dice below {metrics.MASK_DICE_THRESHOLD}",
     metrics.FLAG_FARTHER: "output farther from the target intensity distribution than the input",
     metrics.FLAG_EMPTY: "the output holds no image inside the brain",
+    metrics.FLAG_NOT_A_BRAIN: "the input does not look like a brain where the template has one (template "
+                              f"similarity below {metrics.TEMPLATE_SIMILARITY_THRESHOLD}): not a T1w head image, or "
+                              "its registration failed",
     "missing-harmonized": "preprocessed, but no harmonized image (the run did not finish)",
     "missing-preproc": "no preprocessed image next to the harmonized one",
     "missing-mask": "no brain mask next to the harmonized image",
@@ -209,6 +212,6 @@ def write_participant_report(output_dir: str | os.PathLike, subject: str, *, con
         failed=[s for s in sections if s["flags"] or s["problems"]],
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         thresholds={"structure": metrics.STRUCTURE_THRESHOLD, "local": metrics.LOCAL_STRUCTURE_THRESHOLD,
-                    "dice": metrics.MASK_DICE_THRESHOLD},
+                    "dice": metrics.MASK_DICE_THRESHOLD, "template": metrics.TEMPLATE_SIMILARITY_THRESHOLD},
     )
     return atomic_write_text(output_dir / f"sub-{label}.html", html)

@@ -6,11 +6,13 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..interfaces.qc import HarmonizationQC
+from ..templates import check_templates
 
 
 def init_qc_wf(*, model, target_site: str | None, name: str = "qc_wf") -> pe.Workflow:
     """Compare input and harmonized image: distance of their brain histograms to the target style's,
-    structure preservation inside the brain, mask agreement, and the anatomy-preservation flag.
+    structure preservation inside the brain, mask agreement, similarity of the input to the template, and the
+    flags.
 
     Inputs: ``t1w_preproc``, ``harmonized``, ``brain_mask`` (template grid); ``reference_t1w`` and
     ``reference_mask`` (model grid) when the target is a reference image. Output: ``qc`` (dict).
@@ -20,6 +22,10 @@ def init_qc_wf(*, model, target_site: str | None, name: str = "qc_wf") -> pe.Wor
         fields=["t1w_preproc", "harmonized", "brain_mask", "reference_t1w", "reference_mask"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["qc"]), name="outputnode")
     qc = pe.Node(HarmonizationQC(), name="harmonization_qc", mem_gb=0.5)
+    template = getattr(model, "template", None)
+    if template:  # the template the inputs were registered to: how much they look like a brain there
+        files = check_templates(template, int(model.resolution))
+        qc.inputs.template_t1w, qc.inputs.template_mask = str(files["T1w"]), str(files["brain_mask"])
     if target_site:
         qc.inputs.target_site = target_site
         qc.inputs.model_manifest = str(model.path / "manifest.json")

@@ -254,3 +254,40 @@ def test_site_histogram_averages_the_image_densities(head, other_head):
 def test_robust_z_scores_an_outlier_and_ignores_nan():
     z = metrics.robust_z([1.0, 1.1, 0.9, 1.0, 5.0, np.nan])
     assert z[4] > 10 and abs(z[0]) < 1 and np.isnan(z[5])
+
+
+@pytest.fixture(scope="module")
+def template_pair(templateflow_home):
+    import nibabel as nib
+
+    from hcld_bids.templates import template_files
+
+    files = template_files("MNI152NLin6Asym", 2)
+    return tuple(np.asarray(nib.as_closest_canonical(nib.load(files[k])).dataobj, np.float32)
+                 for k in ("T1w", "brain_mask"))
+
+
+def test_template_similarity_tells_a_brain_from_noise_and_flags_what_is_not_one(head, other_head, template_pair):
+    """A brain where the template has one scores high whatever its contrast, noise and blur; noise and the
+    image's own intensities shuffled (no anatomy) score near zero and are flagged."""
+    _, mask = head
+    t1w, brain = template_pair
+    rng = np.random.default_rng(0)
+    # a brain where the template has one, in another scanner's contrast, noise and blur
+    scaled = np.clip(t1w / np.percentile(t1w[brain > 0], 99.5), 0, 1)
+    preproc = np.clip(ndi.gaussian_filter(scaled ** 1.6, 0.8) + rng.normal(0, 0.06, t1w.shape), 0, 1)
+    preproc = (preproc * (brain > 0)).astype(np.float32)
+    assert metrics.template_similarity(preproc, *template_pair) > 2 * metrics.TEMPLATE_SIMILARITY_THRESHOLD
+    noise = (rng.random(preproc.shape) * (brain > 0)).astype(np.float32)  # noise inside the brain mask
+    assert abs(metrics.template_similarity(noise, *template_pair)) < metrics.TEMPLATE_SIMILARITY_THRESHOLD
+    shuffled = preproc.copy()
+    shuffled[brain > 0] = rng.permutation(preproc[brain > 0])  # the input's own intensities, no anatomy
+    assert metrics.template_similarity(shuffled, *template_pair) < metrics.TEMPLATE_SIMILARITY_THRESHOLD
+    assert np.isnan(metrics.template_similarity(np.zeros_like(preproc), *template_pair))
+
+    target = metrics.brain_histogram(*other_head)
+    good = metrics.image_qc(preproc, preproc, brain, *target, template=template_pair)
+    assert good["TemplateSimilarity"] > metrics.TEMPLATE_SIMILARITY_THRESHOLD and good["Flags"] == []
+    bad = metrics.image_qc(shuffled, shuffled, mask, *target, template=template_pair)
+    assert metrics.FLAG_NOT_A_BRAIN in bad["Flags"]
+    assert "TemplateSimilarity" not in metrics.image_qc(preproc, preproc, brain, *target)  # no template given
