@@ -34,6 +34,7 @@ class ModelInfo:
     manifest: dict
     #: the networks of the demo model shipped with the package (also in a copy with added prototypes)
     demo: bool = False
+    template_mask_file: Path | None = None  # the template's brain mask (QC's template similarity)
 
     @property
     def trained_sites(self) -> dict:
@@ -91,7 +92,7 @@ def open_model(path: Path, *, source: str = "argument") -> ModelInfo:
         sites=tuple(bundle.sites), template=spec["template"], resolution=int(spec["resolution"]),
         registration=spec.get("registration", "affine"), grid=grid, template_file=Path(files["T1w"]),
         mem_gb=harmonize_mem_gb(grid.shape, channels), manifest=bundle.manifest,
-        demo=source == "demo" or is_demo_model(bundle.manifest),
+        demo=source == "demo" or is_demo_model(bundle.manifest), template_mask_file=Path(files["brain_mask"]),
     )
 
 

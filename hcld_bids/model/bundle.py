@@ -270,6 +270,9 @@ def _build(cls, section: dict, state: dict, mpath: Path, what: str):
 def _check_sections(manifest: dict, mpath: Path) -> None:
     """The manifest's blocks have the types the loader and the harmonizer read (a hand-edited or damaged
     manifest gets one line naming the block, not an error deep in the harmonizer or its report)."""
+    weights = manifest["weights"]
+    if not isinstance(weights, dict) or not all(isinstance(v, str) for v in weights.values()):
+        raise BundleError(f"{mpath}: 'weights' must map file names to sha256 strings; restore the bundle")
     for block in ("autoencoder", "unet"):
         if not isinstance(manifest.get(block), dict) or not isinstance(manifest[block].get("config"), dict):
             raise BundleError(f"{mpath}: the '{block}' block must be an object with a 'config' object; restore the "
@@ -311,8 +314,6 @@ def load_bundle(path, device="cpu") -> ModelBundle:
     mpath = path / MANIFEST
     _check_sections(manifest, mpath)
     weights = manifest["weights"]
-    if not isinstance(weights, dict) or not all(isinstance(v, str) for v in weights.values()):
-        raise BundleError(f"{mpath}: 'weights' must map file names to sha256 strings; restore the bundle")
     ae_file = manifest["autoencoder"].get("weights", AE_FILE)
     unet_file = manifest["unet"].get("weights", UNET_FILE)
     proto_file = (manifest.get("prototypes") or {}).get("weights", PROTO_FILE)

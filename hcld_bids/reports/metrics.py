@@ -295,9 +295,10 @@ def mean_absolute_change(input, output, mask) -> float:  # noqa: A002 - interfac
 
 def template_similarity(preproc, template, template_mask, sigma_voxels: float = TEMPLATE_SIGMA_VOXELS) -> float:
     """Correlation of the preprocessed image with the template's T1w inside the template's brain mask (eroded
-    by twice the smoothing), both smoothed by ``sigma_voxels`` (a Gaussian): how much the input, placed by the registration, looks like a
-    brain where the template has one. Low for an input that is not a T1w head (noise, another contrast's
-    artefact) or a registration that failed. NaN when either image is constant there."""
+    by twice the smoothing), both smoothed by ``sigma_voxels`` (a Gaussian): how much the input, placed by the
+    registration, looks like a brain where the template has one. Low for an input that is not a T1w head
+    (noise, another contrast's artefact) or a registration that failed. NaN when either image is constant
+    there."""
     from scipy import ndimage as ndi
 
     # away from the mask's outline by twice the smoothing: the zeros outside the brain do not enter the

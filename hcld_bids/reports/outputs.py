@@ -192,7 +192,8 @@ def find_images(output_dir: str | os.PathLike, subject: str | None = None) -> li
                     raise ValueError(f"a JSON {type(sidecar).__name__}, not an object")
             except (OSError, ValueError) as err:
                 record.problems.append(MISSING_SIDECAR)
-                reason = "missing" if isinstance(err, FileNotFoundError) else f"unreadable: {' '.join(str(err).split())}"
+                reason = ("missing" if isinstance(err, FileNotFoundError)
+                          else f"unreadable: {' '.join(str(err).split())}")
                 LOGGER.warning("%s: %s (the file is %s); run the participant level again for this image to "
                                "rewrite it", record.relative(output_dir, sidecar_path), MISSING_SIDECAR, reason[:200])
             else:

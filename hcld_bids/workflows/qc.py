@@ -6,7 +6,6 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..interfaces.qc import HarmonizationQC
-from ..templates import check_templates
 
 
 def init_qc_wf(*, model, target_site: str | None, name: str = "qc_wf") -> pe.Workflow:
@@ -22,10 +21,8 @@ def init_qc_wf(*, model, target_site: str | None, name: str = "qc_wf") -> pe.Wor
         fields=["t1w_preproc", "harmonized", "brain_mask", "reference_t1w", "reference_mask"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["qc"]), name="outputnode")
     qc = pe.Node(HarmonizationQC(), name="harmonization_qc", mem_gb=0.5)
-    template = getattr(model, "template", None)
-    if template:  # the template the inputs were registered to: how much they look like a brain there
-        files = check_templates(template, int(model.resolution))
-        qc.inputs.template_t1w, qc.inputs.template_mask = str(files["T1w"]), str(files["brain_mask"])
+    if getattr(model, "template_mask_file", None):  # the template the inputs were registered to
+        qc.inputs.template_t1w, qc.inputs.template_mask = str(model.template_file), str(model.template_mask_file)
     if target_site:
         qc.inputs.target_site = target_site
         qc.inputs.model_manifest = str(model.path / "manifest.json")

@@ -1,4 +1,4 @@
-"""Probe (as run, 2026-12-07): brain-mask refinement with other thresholds (multi-level Otsu) in place of the two-class Otsu of the band; same inputs and scores as smoothing.py."""
+"""Probe (as run, 2026-12-07): brain-mask refinement with other thresholds (multi-level Otsu) in place of the two-class Otsu of the band (with a third argument "quantile": fixed quantiles of the core and the template mask alone); same inputs and scores as smoothing.py."""
 import sys, numpy as np, nibabel as nib
 from pathlib import Path
 from scipy import ndimage as ndi
@@ -31,6 +31,11 @@ THR = {
   'mo4_0': lambda v, c: threshold_multiotsu(v, classes=4)[0],
   'core_mo3_0': lambda v, c: threshold_multiotsu(c, classes=3)[0],
 }
+# third argument "quantile": thresholds at fixed quantiles of the core (a monotone contrast curve cannot move
+# which voxels lie above them) and the template mask alone, beside the pipeline's Otsu
+QUANTILE = {f"q{round(100 * q):02d}": (lambda q: lambda v, c: np.quantile(c, q))(q) for q in (0.03, 0.06, 0.10, 0.15, 0.20)}
+if sys.argv[3:] == ['quantile']:
+    THR = {**QUANTILE, 'tpl': lambda v, c: np.inf, 'otsu': THR['otsu']}
 res = {}
 for sub in subs:
     data = {}
@@ -41,7 +46,8 @@ for sub in subs:
         line = []
         for name, fn in THR.items():
             m, t = refine(img, fn)
-            line.append(f'{name} {t / wm:.2f}')
+            line.append(f'{name} {t / wm:.2f}' + (f' q={np.mean(img[bm._template_band(tm, 4.0, 2.0)[1]] < t):.3f}'
+                                                 if sys.argv[3:] == ['quantile'] else ''))
             lo, hi = scaling_reference(img, m, (0.5, 99.5))
             v = crop_to_grid(np.where(m, scale_intensity(img, lo, hi), 0).astype(np.float32), grid)
             data.setdefault(name, {})[site] = (v, crop_to_grid(m.astype(np.uint8), grid) > 0)
