@@ -45,18 +45,22 @@ def _pad_symmetric(x: torch.Tensor, axis: int, r: int) -> torch.Tensor:
     return x.index_select(dim, idx.to(x.device))
 
 
+def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """The SSIM map of two ``(N, 1, D, H, W)`` tensors (differentiable; the window of :func:`masked_ssim`)."""
+    k = _gaussian_kernel(SSIM_SIGMA, SSIM_TRUNCATE, dtype=a.dtype)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = _smooth(a, k), _smooth(b, k)
+    saa = _smooth(a * a, k) - mu_a ** 2
+    sbb = _smooth(b * b, k) - mu_b ** 2
+    sab = _smooth(a * b, k) - mu_a * mu_b
+    return ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
+
+
 @torch.no_grad()
 def masked_ssim(x, y, mask, data_range: float = 1.0) -> float:
     """Mean SSIM of two ``(D, H, W)`` volumes inside ``mask`` (both images zeroed outside it first)."""
     m = torch.as_tensor(np.asarray(mask) > 0)
     a = torch.as_tensor(np.asarray(x, dtype=np.float64)) * m
     b = torch.as_tensor(np.asarray(y, dtype=np.float64)) * m
-    a, b = a[None, None], b[None, None]
-    k = _gaussian_kernel(SSIM_SIGMA, SSIM_TRUNCATE)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_a, mu_b = _smooth(a, k), _smooth(b, k)
-    saa = _smooth(a * a, k) - mu_a ** 2
-    sbb = _smooth(b * b, k) - mu_b ** 2
-    sab = _smooth(a * b, k) - mu_a * mu_b
-    s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
+    s = ssim_map(a[None, None], b[None, None], data_range)
     return float(s[0, 0][m].mean())

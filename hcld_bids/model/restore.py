@@ -138,7 +138,9 @@ def restore_volume(net: RestorationNet, vol: np.ndarray, mask: np.ndarray | None
 
 @dataclass
 class RestorationTrainer:
-    """L1 on brain voxels of random ``patch``-cubed crops of freshly degraded training volumes.
+    """L1 on brain voxels of random ``patch``-cubed crops of freshly degraded training volumes; with
+    ``ssim_weight`` ``w`` > 0 the loss is ``(1 - w) L1 + w (1 - SSIM)``, the SSIM (window of
+    :func:`hcld_bids.model.evaluation.masked_ssim`) averaged over the crop's brain voxels.
 
     ``volumes`` and ``masks`` are the clean-site training images; every step draws ``batch`` volumes, one
     :func:`degradation_pair` each (``site_effects``, ``random_prob``, ``realistic``,
@@ -159,8 +161,11 @@ class RestorationTrainer:
     random_prob: float = 0.5
     realistic: bool = False
     clean_prob: float = 0.0
+    ssim_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.ssim_weight <= 1.0:
+            raise ValueError(f"ssim_weight must be in [0, 1], got {self.ssim_weight}")
         if not self.volumes or len(self.volumes) != len(self.masks):
             raise ValueError("need as many masks as volumes, and at least one volume")
         if self.patch % 2 or self.patch < 4:
@@ -191,7 +196,14 @@ class RestorationTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
         self.net.train()
-        loss = ((self.net(x) - y).abs() * m).sum() / m.sum().clamp_min(1.0)
+        out = self.net(x)
+        voxels = m.sum().clamp_min(1.0)
+        loss = ((out - y).abs() * m).sum() / voxels
+        if self.ssim_weight > 0:
+            from .evaluation import ssim_map
+
+            ssim = (ssim_map(out * m, y * m) * m).sum() / voxels
+            loss = (1.0 - self.ssim_weight) * loss + self.ssim_weight * (1.0 - ssim)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)

@@ -80,7 +80,11 @@ def load_state(state: Path, trainer: RestorationTrainer, config: dict) -> float:
     payload = _read(state)
     if payload is None:
         return 0.0
-    if payload.get("config") != config:
+
+    def network(c):  # where the weights started does not decide whether a state may be resumed
+        return {k: v for k, v in (c or {}).items() if k != "init_from"}
+
+    if network(payload.get("config")) != network(config):
         raise SystemExit(f"{state}: the state is of another network ({payload.get('config')}, asked {config}); "
                          "use another --state or the same --channels/--blocks")
     try:
@@ -135,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="degrade as a 1 mm scan after preprocessing looks (hcld_bids.model.restore.degradation_pair)")
     p.add_argument("--clean-prob", type=float, default=0.0,
                    help="share of training pairs without any degradation (clean in, clean out)")
+    p.add_argument("--ssim-weight", type=float, default=0.0,
+                   help="weight w of (1 - SSIM) in the loss, (1 - w) L1 + w (1 - SSIM) (0: L1 only)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="a fresh state starts from this state's weights (new optimizer and schedule)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--bundle", type=Path, default=None, help="add the trained network to this model bundle")
@@ -149,16 +157,31 @@ def main(argv=None) -> int:
               "lr": args.lr, "steps": args.steps, "clean_site": args.clean_site, "realistic": args.realistic}
     if args.clean_prob:
         config["clean_prob"] = args.clean_prob
+    if args.ssim_weight:
+        config["ssim_weight"] = args.ssim_weight
     volumes, masks = site_images(args.pack, args.clean_site)
     val = validation_set(*site_images(args.val_pack, args.clean_site, args.val_limit), realistic=args.realistic)
     net = RestorationNet(args.channels, args.blocks)
     trainer = RestorationTrainer(net, volumes, masks, steps=args.steps, batch=args.batch, patch=args.patch,
-                                 lr=args.lr, realistic=args.realistic, clean_prob=args.clean_prob)
+                                 lr=args.lr, realistic=args.realistic, clean_prob=args.clean_prob,
+                                 ssim_weight=args.ssim_weight)
+    start_from = None
+    if args.init_from is not None:
+        start_from = load_network(args.init_from)
+        if start_from is None:
+            raise SystemExit(f"{args.init_from}: no restoration state to start from; check --init-from")
+        if {k: start_from[1]["config"].get(k) for k in ("channels", "blocks")} != \
+                {"channels": args.channels, "blocks": args.blocks}:
+            raise SystemExit(f"{args.init_from}: a network of another size ({start_from[1]['config']}); "
+                             "use the same --channels/--blocks")
+        config["init_from"] = {"state": str(args.init_from), "steps": start_from[1]["steps"]}
     args.state.mkdir(parents=True, exist_ok=True)
     spent = load_state(args.state, trainer, config)
+    if start_from is not None and trainer.step == 0:
+        net.load_state_dict(start_from[0].state_dict())
     curve_path = args.state / "curve.csv"
     start = time.monotonic()
-    deadline = (lambda: time.monotonic() - start > 60 * args.minutes) if args.minutes else None
+    deadline = (lambda: time.monotonic() - start > 60 * args.minutes) if args.minutes is not None else None
     losses: list[float] = []
 
     def log(step: int, loss: float) -> None:

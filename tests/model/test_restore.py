@@ -77,12 +77,34 @@ def test_a_few_training_steps_learn_to_undo_the_degradation():
     assert trainer.learning_rate(120) == pytest.approx(0.0) and trainer.learning_rate(0) == pytest.approx(3e-3)
 
 
+def test_ssim_term_of_the_loss_is_the_masked_ssim_and_pulls_toward_it():
+    from hcld_bids.model.evaluation import ssim_map
+
+    vol, brain = _brain(4)
+    degraded, clean = degradation_pair(vol, np.random.default_rng(1), site_effects=[SITES["siteB"]], random_prob=0.0)
+    a, b, m = (torch.from_numpy(np.asarray(v, dtype=np.float64))[None, None] for v in (degraded, clean, brain))
+    s = float((ssim_map(a * m, b * m) * m).sum() / m.sum())
+    assert s == pytest.approx(masked_ssim(degraded, clean, brain), abs=1e-9)
+    torch.manual_seed(0)
+    losses = {}
+    for w in (0.0, 1.0):
+        net = RestorationNet(channels=4, blocks=1)
+        torch.nn.init.normal_(net.tail.weight, std=0.01)
+        trainer = RestorationTrainer(net, [vol], [brain], steps=10, batch=1, patch=16, ssim_weight=w,
+                                     site_effects=[SITES["siteB"]], random_prob=0.0, seed=3)
+        losses[w] = trainer.train_step()
+    # same draw, same crop: L1 is small (~0.05), 1 - SSIM of a noisy crop is not
+    assert 0 < losses[0.0] < losses[1.0] < 1
+
+
 def test_trainer_refuses_bad_settings():
     vol, brain = _brain()
     with pytest.raises(ValueError):
         RestorationTrainer(RestorationNet(4, 1), [vol], [], steps=1)
     with pytest.raises(ValueError):
         RestorationTrainer(RestorationNet(4, 1), [vol], [brain], steps=1, patch=5)
+    with pytest.raises(ValueError, match="ssim_weight"):
+        RestorationTrainer(RestorationNet(4, 1), [vol], [brain], steps=1, ssim_weight=1.5)
 
 
 @pytest.fixture

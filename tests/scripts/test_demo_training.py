@@ -362,6 +362,32 @@ def test_train_restoration_resumes_refuses_another_network_and_adds_itself_to_a_
         train_restoration.main(common)
 
 
+def test_train_restoration_starts_from_another_state_once_and_resumes_its_own(packs, tmp_path):
+    import train_restoration
+
+    from hcld_bids.model.training.checkpoint import load_checkpoint
+
+    base = ["--pack", str(packs[0]), "--val-pack", str(packs[1]), "--channels", "4", "--blocks", "1",
+            "--patch", "16", "--val-limit", "1", "--threads", "1", "--eval-every", "2"]
+    assert train_restoration.main(base + ["--state", str(tmp_path / "first"), "--steps", "2"]) == 0
+    first = load_checkpoint(tmp_path / "first")["weights"]
+    tuned = base + ["--state", str(tmp_path / "tuned"), "--steps", "4", "--init-from", str(tmp_path / "first"),
+                    "--ssim-weight", "0.8", "--minutes", "0"]
+    assert train_restoration.main(tuned) == 0  # stops before its first step: the weights are the other state's
+    payload = load_checkpoint(tmp_path / "tuned")
+    assert payload["step"] == 0 and payload["config"]["ssim_weight"] == 0.8
+    assert payload["config"]["init_from"]["steps"] == 2
+    assert all(torch.equal(payload["weights"][k], first[k]) for k in first)
+    assert train_restoration.main(tuned[:-2]) == 0  # resumes its own state (step 0), not the other one's
+    assert load_checkpoint(tmp_path / "tuned")["step"] == 4
+    with pytest.raises(SystemExit, match="no restoration state"):
+        train_restoration.main(base + ["--state", str(tmp_path / "x"), "--init-from", str(tmp_path / "none")])
+    with pytest.raises(SystemExit, match="another size"):
+        other = base + ["--state", str(tmp_path / "y"), "--init-from", str(tmp_path / "first")]
+        other[other.index("--channels") + 1] = "8"
+        train_restoration.main(other)
+
+
 def test_train_demo_bundles_the_restoration_prior_of_its_state(packs, trained, tmp_path):
     import shutil
 
