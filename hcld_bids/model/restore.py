@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .evaluation import ssim_map
 from .layers import Conv3d, DepthToSpace, SpaceToDepth
 
 __all__ = ["RestorationNet", "degradation_pair", "restore_volume", "RestorationTrainer"]
@@ -200,8 +201,6 @@ class RestorationTrainer:
         voxels = m.sum().clamp_min(1.0)
         loss = ((out - y).abs() * m).sum() / voxels
         if self.ssim_weight > 0:
-            from .evaluation import ssim_map
-
             ssim = (ssim_map(out * m, y * m) * m).sum() / voxels
             loss = (1.0 - self.ssim_weight) * loss + self.ssim_weight * (1.0 - ssim)
         self.optimizer.zero_grad(set_to_none=True)

@@ -87,6 +87,8 @@ def load_state(state: Path, trainer: RestorationTrainer, config: dict) -> float:
     if network(payload.get("config")) != network(config):
         raise SystemExit(f"{state}: the state is of another network ({payload.get('config')}, asked {config}); "
                          "use another --state or the same --channels/--blocks")
+    if "init_from" in (payload.get("config") or {}):  # resumed without --init-from: keep the record
+        config["init_from"] = payload["config"]["init_from"]
     try:
         trainer.net.load_state_dict(payload["weights"])
         trainer.optimizer.load_state_dict(payload["optimizer"])
@@ -165,20 +167,17 @@ def main(argv=None) -> int:
     trainer = RestorationTrainer(net, volumes, masks, steps=args.steps, batch=args.batch, patch=args.patch,
                                  lr=args.lr, realistic=args.realistic, clean_prob=args.clean_prob,
                                  ssim_weight=args.ssim_weight)
-    start_from = None
-    if args.init_from is not None:
+    if args.init_from is not None:  # a new state starts from these weights; a saved state replaces them below
         start_from = load_network(args.init_from)
         if start_from is None:
             raise SystemExit(f"{args.init_from}: no restoration state to start from; check --init-from")
-        if {k: start_from[1]["config"].get(k) for k in ("channels", "blocks")} != \
-                {"channels": args.channels, "blocks": args.blocks}:
-            raise SystemExit(f"{args.init_from}: a network of another size ({start_from[1]['config']}); "
+        if start_from[0].config != net.config:
+            raise SystemExit(f"{args.init_from}: a network of another size ({start_from[0].config}); "
                              "use the same --channels/--blocks")
+        net.load_state_dict(start_from[0].state_dict())
         config["init_from"] = {"state": str(args.init_from), "steps": start_from[1]["steps"]}
     args.state.mkdir(parents=True, exist_ok=True)
     spent = load_state(args.state, trainer, config)
-    if start_from is not None and trainer.step == 0:
-        net.load_state_dict(start_from[0].state_dict())
     curve_path = args.state / "curve.csv"
     start = time.monotonic()
     deadline = (lambda: time.monotonic() - start > 60 * args.minutes) if args.minutes is not None else None

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy.ndimage import find_objects
 from skimage.restoration import estimate_sigma
 
 inputs, val_path, test_path = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -22,9 +23,7 @@ inputs, val_path, test_path = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 def noise(subject, site):
     vol = np.asarray(nib.load(inputs / f"sub-{subject}_ses-{site}_t1w.nii.gz").dataobj, dtype=np.float64)
     mask = np.asarray(nib.load(inputs / f"sub-{subject}_ses-{site}_mask.nii.gz").dataobj) > 0
-    lo = [int(np.min(np.nonzero(mask.any(axis=tuple(j for j in range(3) if j != i)))[0])) for i in range(3)]
-    hi = [int(np.max(np.nonzero(mask.any(axis=tuple(j for j in range(3) if j != i)))[0])) + 1 for i in range(3)]
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    box = find_objects(mask.astype(np.uint8))[0]
     return float(estimate_sigma(vol[box] * mask[box]))
 
 
