@@ -82,6 +82,8 @@ class _HarmonizeOutputSpec(TraitedSpec):
     device = Str(desc="device the networks ran on")
     wall_time = traits.Float(desc="seconds spent harmonizing (model loading excluded)")
     timings = traits.Dict(desc="seconds per stage: encode, inversion, sampling, decode")
+    restoration = traits.Dict(desc="the input restoration: 'weight' and the estimated 'noise' (None when the "
+                                   "weight does not depend on it)")
 
 
 def _open_harmonizer(inputs):
@@ -143,6 +145,7 @@ class HarmonizeT1w(SimpleInterface):
         out = harmonizer.harmonize(volume, style, regime=regime, seed=self.inputs.seed, mask=mask, progress=progress)
         self._results["wall_time"] = round(time.perf_counter() - start, 3)
         self._results["timings"] = {k: round(v, 3) for k, v in harmonizer.last_timings.items()}
+        self._results["restoration"] = harmonizer.last_restoration[0]
         self._results["style"] = style.source
         self._results["device"] = str(harmonizer.device)
         self._results["out_file"] = _save(_image(out, img.affine, img, np.float32), runtime.cwd,
@@ -166,6 +169,7 @@ class _HarmonizeBatchOutputSpec(TraitedSpec):
     device = Str(desc="device the networks ran on")
     wall_times = traits.List(traits.Float, desc="seconds per image: its batch's time divided by the batch's size")
     timings = traits.List(traits.Dict, desc="seconds per stage and image (its batch's, divided by the batch's size)")
+    restoration = traits.List(traits.Dict, desc="the input restoration of each image (see HarmonizeT1w)")
 
 
 class HarmonizeBatch(SimpleInterface):
@@ -188,7 +192,7 @@ class HarmonizeBatch(SimpleInterface):
         harmonizer = _open_harmonizer(self.inputs)
         style, regime = _style_and_regime(harmonizer, self.inputs)
         size = max(1, int(self.inputs.batch_size))
-        out_files, wall_times, timings = [], [], []
+        out_files, wall_times, timings, restoration = [], [], [], []
         for first in range(0, len(in_files), size):
             part = slice(first, first + size)
             images = [nib.load(f) for f in in_files[part]]
@@ -205,7 +209,9 @@ class HarmonizeBatch(SimpleInterface):
                                        f"t1w_harmonized_model_grid_{index:03d}.nii.gz"))
                 wall_times.append(round(share, 3))
                 timings.append({k: round(v / len(volumes), 3) for k, v in harmonizer.last_timings.items()})
-        self._results.update(out_files=out_files, wall_times=wall_times, timings=timings, style=style.source,
+            restoration.extend(harmonizer.last_restoration)
+        self._results.update(out_files=out_files, wall_times=wall_times, timings=timings, restoration=restoration,
+                             style=style.source,
                              device=str(harmonizer.device))
         return runtime
 

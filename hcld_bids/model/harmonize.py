@@ -51,8 +51,12 @@ their anatomy, so its exponent shrinks toward ``spectrum * reference_calibration
 (:mod:`hcld_bids.model.restore`, a small 3D network trained on single images re-rendered with random scanner
 noise and blur) removes the source scanner's noise and blur, ``x + w * (R(x) - x)``; every later step (the
 autoencoder path, the detail, the gain of the spectral calibration) sees the restored input, so the spectral
-calibration puts back the target's own blur. Bundles without a restoration prior refuse a regime that asks for
-it.
+calibration puts back the target's own blur. With ``restore_noisy`` set, an input whose estimated noise
+(:func:`hcld_bids.model.restore.estimate_noise`, in the model grid's intensity units) is above
+``noise_threshold`` is restored with the weight ``restore_noisy`` instead: a clean source loses a little of its
+own detail to the prior and a noisy one gains, so the weight follows the image (the weight and the estimate of
+each image of the last call are in :attr:`Harmonizer.last_restoration`). Bundles without a restoration prior
+refuse a regime that asks for it.
 
 Cost decisions: a target style is encoded once and cached (by the sha256 of the reference volume); a site
 prototype needs no encoding at all; only the final latent is decoded; on CPU the networks run in
@@ -82,7 +86,7 @@ import torch
 from .ddim import NoiseSchedule
 from .errors import InputVolumeError, UnknownSiteError
 from .fusion import adain, channel_stats
-from .restore import restore_volume
+from .restore import estimate_noise, restore_volume
 from .spectrum import band_power, match_spectrum
 
 ProgressFn = Callable[[str, int, int], None]
@@ -122,6 +126,10 @@ class Regime:
             closest to the source latent's).
         restore: weight in [0, 1] of the bundle's restoration prior on the input before everything else
             (``x + w * (R(x) - x)``, :mod:`hcld_bids.model.restore`; 0: off).
+        restore_noisy: the weight instead of ``restore`` for an input whose estimated noise is above
+            ``noise_threshold`` (None: ``restore`` for every input; :meth:`restore_weight`).
+        noise_threshold: the noise (standard deviation in the model grid's intensity units) above which
+            ``restore_noisy`` applies.
     """
 
     kind: str = "full"
@@ -137,6 +145,8 @@ class Regime:
     guidance: float = 0.0
     guidance_source: str = "own"
     restore: float = 0.0
+    restore_noisy: float | None = None
+    noise_threshold: float = 0.0
 
     def __post_init__(self):
         if self.kind not in REGIMES:
@@ -155,6 +165,10 @@ class Regime:
             raise ValueError(f"guidance must be non-negative, got {self.guidance}")
         if not 0.0 <= float(self.restore) <= 1.0:
             raise ValueError(f"restore must be in [0, 1], got {self.restore}")
+        if self.restore_noisy is not None and not 0.0 <= float(self.restore_noisy) <= 1.0:
+            raise ValueError(f"restore_noisy must be in [0, 1] or unset, got {self.restore_noisy}")
+        if not float(self.noise_threshold) >= 0:
+            raise ValueError(f"noise_threshold must be non-negative, got {self.noise_threshold}")
         if self.guidance_source not in ("own", "site"):
             raise ValueError(f"guidance_source must be 'own' or 'site', got {self.guidance_source!r}")
 
@@ -170,6 +184,23 @@ class Regime:
         if unknown:
             raise ValueError(f"unknown inference settings {unknown}; known: {sorted(names)}")
         return cls(**d)
+
+    @property
+    def restores(self) -> bool:
+        """Whether any input can be restored (a weight above 0 for clean or for noisy inputs)."""
+        return float(self.restore) > 0 or float(self.restore_noisy or 0.0) > 0
+
+    @property
+    def adaptive_restoration(self) -> bool:
+        """Whether the restoration weight depends on the input's estimated noise."""
+        return self.restore_noisy is not None and float(self.restore_noisy) != float(self.restore)
+
+    def restore_weight(self, noise: float | None) -> float:
+        """The restoration weight of an input with estimated noise ``noise``: ``restore_noisy`` above
+        ``noise_threshold``, otherwise (and without an estimate) ``restore``."""
+        if self.adaptive_restoration and noise is not None and float(noise) > float(self.noise_threshold):
+            return float(self.restore_noisy)
+        return float(self.restore)
 
     def calibration_weight(self, reference: bool) -> float:
         """Weight of the calibration that runs: 0 without it, ``reference_calibration`` toward a reference
@@ -390,6 +421,9 @@ class Harmonizer:
         self._style_cache: dict[str, Style] = {}
         #: seconds spent in each stage by the last harmonize call: restore, encode, inversion, sampling, decode
         self.last_timings: dict[str, float] = {}
+        #: per volume of the last harmonize call: ``{"weight": restoration weight, "noise": estimated noise or
+        #: None}`` (the noise is estimated only when the regime's weight depends on it)
+        self.last_restoration: list[dict] = []
         #: the bundle's default inference regime (its manifest's ``inference`` block; the full inversion with
         #: 30 + 10 steps for bundles without one)
         self.default_regime = Regime.from_dict(bundle.manifest.get("inference"))
@@ -571,9 +605,10 @@ class Harmonizer:
             raise InputVolumeError(f"spectral calibration needs the target's power spectrum, and {style.source} has "
                                    f"none; add the site's prototype again with this version of hcld-bids, or set "
                                    f"the regime's spectrum to 0")
-        if regime.restore > 0 and self.restoration is None:
-            raise InputVolumeError(f"the regime restores its input (restore={regime.restore}) and model "
-                                   f"{self.bundle.path} has no restoration prior; set the regime's restore to 0")
+        if regime.restores and self.restoration is None:
+            raise InputVolumeError(f"the regime restores its input (restore={regime.restore}, restore_noisy="
+                                   f"{regime.restore_noisy}) and model {self.bundle.path} has no restoration "
+                                   f"prior; set the regime's restore to 0 and restore_noisy to null")
         t_star = regime.t_end(self.schedule.num_train_timesteps) if t_end is None else int(t_end)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
@@ -656,11 +691,15 @@ class Harmonizer:
                 samp(i)
         return z
 
-    def restore(self, arrays: Sequence[np.ndarray], brains: Sequence[np.ndarray], weight: float) -> list[np.ndarray]:
-        """``x + weight * (R(x) - x)`` inside each boolean brain mask (zero outside it), with the bundle's
-        restoration prior."""
-        return [np.where(brain, arr + float(weight) * (restore_volume(self.restoration, arr, brain, self.device) - arr),
-                         0.0).astype(np.float32) for arr, brain in zip(arrays, brains)]
+    def restore(self, arrays: Sequence[np.ndarray], brains: Sequence[np.ndarray],
+                weights: float | Sequence[float]) -> list[np.ndarray]:
+        """``x + w * (R(x) - x)`` inside each boolean brain mask (zero outside it), with the bundle's restoration
+        prior; ``weights``: one for all volumes or one per volume (a volume of weight 0 is passed unchanged)."""
+        if np.isscalar(weights):
+            weights = [float(weights)] * len(arrays)
+        return [arr if w <= 0 else
+                np.where(brain, arr + float(w) * (restore_volume(self.restoration, arr, brain, self.device) - arr),
+                         0.0).astype(np.float32) for arr, brain, w in zip(arrays, brains, weights)]
 
     def _harmonize_batch(self, arrays, style, regime: Regime, t_star: int, masks, progress, seed) -> list[np.ndarray]:
         timings = {"restore": 0.0, "encode": 0.0, "inversion": 0.0, "sampling": 0.0, "decode": 0.0}
@@ -669,9 +708,12 @@ class Harmonizer:
             return None if progress is None else (lambda i: progress(stage, i + 1, total))
 
         brains = [(a > 0) if masks is None or masks[i] is None else (masks[i] > 0) for i, a in enumerate(arrays)]
-        if regime.restore > 0:
-            t0 = time.perf_counter()
-            arrays = self.restore(arrays, brains, regime.restore)
+        t0 = time.perf_counter()
+        noises = [estimate_noise(a, b) if regime.adaptive_restoration else None for a, b in zip(arrays, brains)]
+        weights = [regime.restore_weight(n) for n in noises]
+        self.last_restoration = [{"weight": w, "noise": n} for w, n in zip(weights, noises)]
+        if any(w > 0 for w in weights):
+            arrays = self.restore(arrays, brains, weights)
             self._sync()
             timings["restore"] = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -14,6 +14,10 @@ channels at 4 mm), a 3x3x3 convolution to ``channels``, ``blocks`` residual bloc
 normalisation, so the network is equivariant to the intensity scale it was trained on), a convolution back to
 8 channels, depth-to-space; the result is added to the input (the network learns only the correction, and its
 last convolution starts at zero, so an untrained network is the identity).
+
+How hard to restore an image can depend on its noise (:func:`estimate_noise`): a clean source loses a little of
+its own detail to the prior, a noisy one gains (benchmarks/RESULTS.md, "A restoration weight from the image's
+noise").
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from torch import nn
 from .evaluation import ssim_map
 from .layers import Conv3d, DepthToSpace, SpaceToDepth
 
-__all__ = ["RestorationNet", "degradation_pair", "restore_volume", "RestorationTrainer"]
+__all__ = ["RestorationNet", "degradation_pair", "restore_volume", "estimate_noise", "RestorationTrainer"]
 
 
 class _Residual(nn.Module):
@@ -135,6 +139,23 @@ def restore_volume(net: RestorationNet, vol: np.ndarray, mask: np.ndarray | None
     x = torch.from_numpy(padded)[None, None].to(device)
     out = net.eval()(x)[0, 0].float().cpu().numpy()[crop]
     return np.where(mask, np.clip(out, 0.0, 1.0), 0.0).astype(np.float32)
+
+
+def estimate_noise(vol: np.ndarray, mask: np.ndarray) -> float:
+    """The standard deviation of the image's noise, in its intensity units: scikit-image's wavelet estimate
+    (``estimate_sigma``: the median absolute value of the finest diagonal wavelet coefficients / 0.6745) over the
+    bounding box of the brain ``mask``, voxels outside the mask set to zero. 0 for an empty mask. The brain's edge
+    adds to it a little (more for a small brain on a coarse grid), so a threshold on it is chosen on real images."""
+    from scipy.ndimage import find_objects
+    from skimage.restoration import estimate_sigma
+
+    brain = np.asarray(mask) > 0
+    if brain.ndim != 3 or brain.shape != np.shape(vol):
+        raise ValueError(f"expected a 3D volume and a mask of its shape, got {np.shape(vol)} and {brain.shape}")
+    if not brain.any():
+        return 0.0
+    box = find_objects(brain.astype(np.uint8))[0]
+    return float(estimate_sigma(np.asarray(vol, dtype=np.float64)[box] * brain[box]))
 
 
 @dataclass

@@ -50,6 +50,7 @@ VERSION_DISTRIBUTIONS = {
     "numpy": "numpy",
     "nibabel": "nibabel",
     "niworkflows": "niworkflows",
+    "scikit-image": "scikit-image",
 }
 
 

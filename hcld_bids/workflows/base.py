@@ -53,9 +53,14 @@ def _subject_execution(config, subject: str) -> dict:
     }
 
 
-def _provenance(static, style, device, wall_time, timings, low, high, preprocessing=None):
-    """The "HCLD" block of the harmonized image's sidecar."""
+def _provenance(static, style, device, wall_time, timings, low, high, preprocessing=None, restoration=None):
+    """The "HCLD" block of the harmonized image's sidecar (``restoration``: the weight the image's restoration
+    ran with and its estimated noise, from the harmonization)."""
     block = dict(static)
+    if restoration:
+        block["InputRestoration"] = float(restoration["weight"])
+        if restoration.get("noise") is not None:
+            block["InputNoiseEstimate"] = round(float(restoration["noise"]), 5)
     block["StylePrototype"] = style
     block["Device"] = device
     scaling = dict(block.pop("IntensityScaling", {}))
@@ -87,7 +92,8 @@ def _regime_provenance(regime: dict, reference: bool = False, target_images: int
         "IntensityCalibrationWeight": Regime.from_dict(regime).calibration_weight(reference),
         # exponent of the spectral calibration (0: none): band powers moved toward the target's power spectrum
         "SpectralCalibration": Regime.from_dict(regime).spectrum_exponent(1 if reference else target_images),
-        # weight of the restoration prior's correction on the input (0: none)
+        # weight of the restoration prior's correction on the input (0: none); with the regime's restore_noisy each
+        # image's own weight (from its estimated noise) replaces it in _provenance
         "InputRestoration": float(regime.get("restore") or 0.0),
         "Regime": dict(regime),
     }
@@ -166,7 +172,7 @@ def _add_after_preprocessing(workflow, config, model, record, device: str, input
     xfm = pe.Node(ItkTransform(), name="itk_xfm", mem_gb=0.1)
     provenance = pe.Node(niu.Function(
         function=_provenance, input_names=["static", "style", "device", "wall_time", "timings", "low", "high",
-                                       "preprocessing"],
+                                       "preprocessing", "restoration"],
         output_names=["provenance"]), name="provenance", run_without_submitting=True)
     provenance.inputs.static = static_provenance(config, model, record, device)
     outputs = init_outputs_wf(output_dir=config.execution.output_dir, bids_dir=config.execution.bids_dir,
@@ -185,7 +191,8 @@ def _add_after_preprocessing(workflow, config, model, record, device: str, input
                          ("reference_mask", "inputnode.reference_mask")]),
         (anat, xfm, [(a("xfm_t1w2tpl"), "in_file")]),
         (harm, provenance, [("outputnode.style", "style"), ("outputnode.device", "device"),
-                            ("outputnode.wall_time", "wall_time"), ("outputnode.timings", "timings")]),
+                            ("outputnode.wall_time", "wall_time"), ("outputnode.timings", "timings"),
+                            ("outputnode.restoration", "restoration")]),
         (anat, provenance, [(a("scale_low"), "low"), (a("scale_high"), "high"),
                             (a("preprocessing_seconds"), "preprocessing")]),
         (inputnode, outputs, [("t1w", "inputnode.source_file")]),
@@ -297,6 +304,7 @@ def init_hcld_wf(config, records, model, device: str):
                     (("out_files", _pick, index), "inputnode.harmonized_model"),
                     (("wall_times", _pick, index), "inputnode.wall_time"),
                     (("timings", _pick, index), "inputnode.timings"),
+                    (("restoration", _pick, index), "inputnode.restoration"),
                     ("style", "inputnode.style"), ("device", "inputnode.device")])])
                 subject_wf.connect([(t1w_wf, batch_wf, [
                     ("anat_preproc_wf.outputnode.model_t1w", f"merge_t1w.in{index + 1}"),

@@ -19,7 +19,7 @@ from ..interfaces.preproc import ApplyTransform
 #: Most volumes one call of the networks harmonizes on CUDA.
 GPU_BATCH_SIZE = 16
 #: What a batched harmonization workflow takes from its participant's batch node (:func:`init_harmonize_batch_wf`).
-BATCH_FIELDS = ["harmonized_model", "style", "device", "wall_time", "timings"]
+BATCH_FIELDS = ["harmonized_model", "style", "device", "wall_time", "timings", "restoration"]
 
 #: Outputs of :func:`init_harmonization_wf` (fields of its ``outputnode``).
 OUTPUT_FIELDS = [
@@ -30,6 +30,7 @@ OUTPUT_FIELDS = [
     "device",
     "wall_time",
     "timings",
+    "restoration",          # the input restoration's weight and estimated noise
 ]
 
 
@@ -111,9 +112,16 @@ def regime_description(regime: dict, reference: bool = False) -> str:
 def _desc(target_site: str | None, regime: dict) -> str:
     target = f"the style prototype of site {target_site}" if target_site else "the style of a reference image"
     weight = float(regime.get("restore") or 0.0)
+    noisy = regime.get("restore_noisy")
+    if noisy is not None and float(noisy) != weight:
+        extent = (f" (correction weight {float(noisy):g} for an image whose estimated noise exceeds "
+                  f"{float(regime.get('noise_threshold') or 0.0):g}, {weight:g} otherwise)")
+        weight = max(weight, float(noisy))
+    else:
+        extent = f" (correction weight {weight:g})" if weight != 1 else ""
     restored = ("The source scanner's noise and blur were first removed from the preprocessed brain by a 3D "
                 "restoration network trained on images re-rendered with simulated scanner effects"
-                + (f" (correction weight {weight:g})" if weight != 1 else "") + ". ") if weight > 0 else ""
+                + extent + ". ") if weight > 0 else ""
     return restored + (
         f"The preprocessed brain was harmonized toward {target} with HCLD [@hcld]: it was encoded by a 3D "
         "autoencoder into a latent map, whose channel statistics were matched to those of the target style "
@@ -151,7 +159,7 @@ def init_harmonization_wf(*, model, target_site: str | None, regime: dict, seed:
         Model-grid reference volume, when harmonizing toward a reference image.
     native_ref, xfm_tpl2t1w
         Native T1w grid and template -> T1w transform (used when ``native``).
-    harmonized_model, style, device, wall_time, timings
+    harmonized_model, style, device, wall_time, timings, restoration
         With ``batched``: this image's results of the batch node.
 
     Outputs
@@ -188,7 +196,8 @@ def init_harmonization_wf(*, model, target_site: str | None, regime: dict, seed:
     workflow.connect([
         (harmonize, to_template, [(field, "in_file")]),
         (harmonize, outputnode, [(field, "harmonized_model"), ("style", "style"), ("device", "device"),
-                                 ("wall_time", "wall_time"), ("timings", "timings")]),
+                                 ("wall_time", "wall_time"), ("timings", "timings"),
+                                 ("restoration", "restoration")]),
         (to_template, outputnode, [("out_file", "harmonized_template")]),
     ])
     if native:
@@ -220,7 +229,7 @@ def init_harmonize_batch_wf(*, model, target_site: str | None, regime: dict, see
 
     Outputs
     -------
-    ``harmonize`` node: lists ``out_files``, ``wall_times``, ``timings`` in image order, and ``style``,
+    ``harmonize`` node: lists ``out_files``, ``wall_times``, ``timings``, ``restoration`` in image order, and ``style``,
     ``device``; :func:`hcld_bids.workflows.base.init_hcld_wf` hands image ``i`` its element of each list.
     """
     from ..interfaces.harmonize import HarmonizeBatch

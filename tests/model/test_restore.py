@@ -9,7 +9,13 @@ from hcld_bids.model.bundle import RESTORE_FILE, add_restoration
 from hcld_bids.model.errors import BundleError, BundleIntegrityError
 from hcld_bids.model.evaluation import masked_ssim
 from hcld_bids.model.harmonize import Harmonizer, InputVolumeError, Regime
-from hcld_bids.model.restore import RestorationNet, RestorationTrainer, degradation_pair, restore_volume
+from hcld_bids.model.restore import (
+    RestorationNet,
+    RestorationTrainer,
+    degradation_pair,
+    estimate_noise,
+    restore_volume,
+)
 from hcld_bids.simulate import SITES
 
 GRID = (16, 32, 16)
@@ -166,6 +172,63 @@ def test_harmonizer_restores_its_input_first_and_only_when_asked(bundle_dir):
     assert h.last_timings["restore"] >= 0
     with pytest.raises(ValueError):
         Regime(restore=1.5)
+
+
+def test_noise_estimate_follows_the_noise_added_and_ignores_the_outside():
+    shape = (32, 40, 32)
+    rng = np.random.default_rng(0)
+    slab = np.zeros(shape, bool)
+    slab[4:-4, 4:-4, 4:-4] = True
+    ramp = np.linspace(0.3, 0.8, shape[0])[:, None, None]  # smooth: its own wavelet detail is ~0
+    for sigma in (0.01, 0.04):  # few edge voxels: the estimate is the noise's standard deviation
+        noisy = np.where(slab, ramp + rng.normal(0, sigma, shape), 0.0)
+        assert estimate_noise(noisy, slab) == pytest.approx(sigma, rel=0.1)
+    _, brain = _brain(7, shape=shape)
+    estimates = []
+    for sigma in (0.01, 0.02, 0.04):  # a brain's edge adds to it, and it still grows with the noise
+        noisy = np.where(brain, ramp + rng.normal(0, sigma, shape), 0.0)
+        estimates.append(estimate_noise(noisy, brain))
+    assert estimates[0] < estimates[1] < estimates[2]
+    # voxels outside the mask do not count: the same brain with noise outside it gives the same estimate
+    outside = np.where(brain, noisy, rng.random(shape))
+    assert estimate_noise(outside, brain) == pytest.approx(estimates[-1])
+    assert estimate_noise(noisy, np.zeros_like(brain)) == 0.0
+    with pytest.raises(ValueError, match="mask"):
+        estimate_noise(noisy, brain[:-1])
+
+
+def test_restoration_weight_follows_each_images_noise(bundle_dir):
+    regime = Regime(kind="adain", restore=0.25, restore_noisy=1.0, noise_threshold=0.02)
+    assert regime.adaptive_restoration and regime.restores
+    assert [regime.restore_weight(n) for n in (None, 0.01, 0.02, 0.03)] == [0.25, 0.25, 0.25, 1.0]
+    assert not Regime(restore=0.5, restore_noisy=0.5).adaptive_restoration
+    assert Regime(restore=0.0, restore_noisy=1.0).restores and not Regime().restores
+    for bad in ({"restore_noisy": 1.5}, {"restore_noisy": -0.1}, {"noise_threshold": -1.0}):
+        with pytest.raises(ValueError):
+            Regime(**bad)
+    assert Regime.from_dict(regime.to_dict()) == regime
+
+    vol, brain = _brain(8)
+    noisy = np.where(brain, np.clip(vol + np.random.default_rng(1).normal(0, 0.05, vol.shape), 0, 1), 0.0)
+    noisy = noisy.astype(np.float32)
+    plain = Harmonizer(load_bundle(bundle_dir))
+    with pytest.raises(InputVolumeError, match="restore_noisy"):
+        plain.harmonize(vol, plain.style_from_site("A"), regime=Regime(kind="adain", restore_noisy=1.0), mask=brain)
+    h = Harmonizer(add_restoration(bundle_dir, _trained_looking_net()))
+    style = h.style_from_site("A")
+    clean_noise, noisy_noise = estimate_noise(vol, brain), estimate_noise(noisy, brain)
+    assert clean_noise < noisy_noise
+    regime = Regime(kind="adain", restore=0.25, restore_noisy=1.0, noise_threshold=(clean_noise + noisy_noise) / 2)
+    outs = h.harmonize_batch([vol, noisy], style, regime=regime, masks=[brain, brain])
+    assert [r["noise"] for r in h.last_restoration] == [clean_noise, noisy_noise]
+    assert [r["weight"] for r in h.last_restoration] == [0.25, 1.0]
+    # each image is what the fixed weight it was given makes of it
+    np.testing.assert_allclose(outs[0], h.harmonize(vol, style, regime=Regime(kind="adain", restore=0.25), mask=brain),
+                               atol=1e-5)
+    np.testing.assert_allclose(outs[1], h.harmonize(noisy, style, regime=Regime(kind="adain", restore=1.0), mask=brain),
+                               atol=1e-5)
+    # a fixed weight estimates nothing
+    assert h.last_restoration == [{"weight": 1.0, "noise": None}]
 
 
 def test_clean_pairs_are_the_same_image_twice():

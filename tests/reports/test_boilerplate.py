@@ -267,3 +267,30 @@ def test_methods_text_description_and_sidecar_say_when_the_input_is_restored(tmp
     assert desc.startswith("The source scanner's noise and blur were first removed") == (restore > 0)
     assert ("correction weight 0.5" in desc) == (restore == 0.5)
     assert _regime_provenance(inference)["InputRestoration"] == restore
+
+
+def test_methods_text_description_and_sidecar_say_when_the_restoration_weight_follows_the_noise(tmp_path):
+    from hcld_bids.workflows.base import _provenance, _regime_provenance
+    from hcld_bids.workflows.harmonization import _desc
+
+    inference = {"kind": "dual", "strength": 0.1, "inversion_steps": 10, "sampling_steps": 10, "detail": 0.75,
+                 "calibrate": True, "reference_calibration": 0.5, "spectrum": 1.0, "restore": 0.5,
+                 "restore_noisy": 1.0, "noise_threshold": 0.0225}
+    text = " ".join(boilerplate.render_markdown(boilerplate.citation_context(
+        _config(tmp_path, target_site="siteA"), dict(MANIFEST, inference=inference))).split())
+    assert "with a weight of 1.0 to images whose noise standard deviation" in text
+    assert "exceeded 0.0225 of the intensity range, and of 0.5 to the others" in text
+    assert "Donoho" in text and "scikit-image" in text
+    assert "None" not in text and "{{" not in text and " ," not in text
+    desc = _desc("siteA", inference)
+    assert "(correction weight 1 for an image whose estimated noise exceeds 0.0225, 0.5 otherwise)" in desc
+    # off for clean images, on for noisy ones: still described
+    assert _desc("siteA", dict(inference, restore=0.0)).startswith("The source scanner's noise and blur")
+    # the sidecar holds the weight each image got and its estimated noise
+    static = _regime_provenance(inference)
+    assert static["InputRestoration"] == 0.5 and static["Regime"]["restore_noisy"] == 1.0
+    block = _provenance(static, "site:siteA", "cpu", 1.0, {"restore": 0.1}, 0.0, 1.0,
+                        restoration={"weight": 1.0, "noise": 0.031234567})
+    assert block["InputRestoration"] == 1.0 and block["InputNoiseEstimate"] == 0.03123
+    fixed = _provenance(static, "site:siteA", "cpu", 1.0, {}, 0.0, 1.0, restoration={"weight": 0.5, "noise": None})
+    assert fixed["InputRestoration"] == 0.5 and "InputNoiseEstimate" not in fixed
