@@ -78,9 +78,11 @@ RECIPE = {
     # of the diffusion, 0.75 of the lost detail added back, the brain histogram calibrated to the target's (half
     # way toward a reference image's: "A reference image from a site the model never saw"), after the spectral
     # calibration onto the target's power spectrum ("Spectral calibration"), on the input restored half way by the
-    # restoration prior of the state's restoration/ folder ("Restoration prior"; train_restoration.py)
+    # restoration prior of the state's restoration/ folder ("Restoration prior"; train_restoration.py), fully
+    # for an input whose estimated noise is above 0.0225 ("A restoration weight from the image's noise")
     "inference": {"kind": "dual", "strength": 0.1, "inversion_steps": 10, "sampling_steps": 10, "detail": 0.75,
-                  "calibrate": True, "reference_calibration": 0.5, "spectrum": 1.0, "restore": 0.5},
+                  "calibrate": True, "reference_calibration": 0.5, "spectrum": 1.0, "restore": 0.5,
+                  "restore_noisy": 1.0, "noise_threshold": 0.0225},
     "eval_every": {"stage1": 100, "stage2": 500},
 }
 
@@ -326,10 +328,10 @@ def write_bundle(dest: Path, state: State, ae, scale_factor: float, unet, schedu
         from train_restoration import load_network
 
         restoration = load_network(state.root / "restoration")
-    if restoration is None and float(inference.get("restore") or 0) > 0:
+    if restoration is None and max(float(inference.get("restore") or 0), float(inference.get("restore_noisy") or 0)) > 0:
         print(f"{state.root / 'restoration'}: no restoration prior trained; the bundle's inference runs without "
               "one (restore 0)")
-        inference["restore"] = 0.0
+        inference.update(restore=0.0, restore_noisy=None)
     manifest = {**base, "name": dest.name, "training": training, "inference": inference}
     net, record = restoration if restoration is not None else (None, None)
     save_bundle(dest, ae.cpu(), unet.cpu(), scale_factor, prototypes, manifest, schedule=schedule, overwrite=True,
