@@ -211,8 +211,7 @@ class HarmonizeBatch(SimpleInterface):
                 timings.append({k: round(v / len(volumes), 3) for k, v in harmonizer.last_timings.items()})
             restoration.extend(harmonizer.last_restoration)
         self._results.update(out_files=out_files, wall_times=wall_times, timings=timings, restoration=restoration,
-                             style=style.source,
-                             device=str(harmonizer.device))
+                             style=style.source, device=str(harmonizer.device))
         return runtime
 
 
