@@ -61,6 +61,9 @@ WORKER_PRELOAD = (
     "hcld_bids.interfaces.preproc", "hcld_bids.interfaces.harmonize", "hcld_bids.interfaces.qc",
     "hcld_bids.bids.sink", "hcld_bids.workflows.outputs", "hcld_bids.model.harmonize", "hcld_bids.reports.metrics",
     "hcld_bids.reports.figures", "hcld_bids.reports.participant",
+    # the noise estimate of the restoration weight (hcld_bids.model.restore.estimate_noise): scikit-image loads it
+    # lazily, 0.6 s at the first harmonization otherwise (a missing module is skipped by the server)
+    "pywt", "skimage.restoration._denoise",
 )
 
 

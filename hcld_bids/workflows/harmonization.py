@@ -111,17 +111,17 @@ def regime_description(regime: dict, reference: bool = False) -> str:
 
 def _desc(target_site: str | None, regime: dict) -> str:
     target = f"the style prototype of site {target_site}" if target_site else "the style of a reference image"
-    weight = float(regime.get("restore") or 0.0)
-    noisy = regime.get("restore_noisy")
-    if noisy is not None and float(noisy) != weight:
-        extent = (f" (correction weight {float(noisy):g} for an image whose estimated noise exceeds "
-                  f"{float(regime.get('noise_threshold') or 0.0):g}, {weight:g} otherwise)")
-        weight = max(weight, float(noisy))
+    from ..model.harmonize import Regime
+
+    r = Regime.from_dict(regime)
+    if r.adaptive_restoration:
+        extent = (f" (correction weight {r.restore_noisy:g} for an image whose estimated noise exceeds "
+                  f"{r.noise_threshold:g}, {r.restore:g} otherwise)")
     else:
-        extent = f" (correction weight {weight:g})" if weight != 1 else ""
+        extent = f" (correction weight {r.restore:g})" if r.restore != 1 else ""
     restored = ("The source scanner's noise and blur were first removed from the preprocessed brain by a 3D "
                 "restoration network trained on images re-rendered with simulated scanner effects"
-                + extent + ". ") if weight > 0 else ""
+                + extent + ". ") if r.restores else ""
     return restored + (
         f"The preprocessed brain was harmonized toward {target} with HCLD [@hcld]: it was encoded by a 3D "
         "autoencoder into a latent map, whose channel statistics were matched to those of the target style "

@@ -304,6 +304,7 @@ def add_missing_spectra(base: dict, volumes, masks, sites) -> None:
 def write_bundle(dest: Path, state: State, ae, scale_factor: float, unet, schedule, prototypes, base: dict,
                  extra_training: dict) -> None:
     from hcld_bids.model.bundle import save_bundle
+    from hcld_bids.model.harmonize import Regime
 
     recipe = state.recipe()
     record = state.record()
@@ -328,7 +329,7 @@ def write_bundle(dest: Path, state: State, ae, scale_factor: float, unet, schedu
         from train_restoration import load_network
 
         restoration = load_network(state.root / "restoration")
-    if restoration is None and max(float(inference.get("restore") or 0), float(inference.get("restore_noisy") or 0)) > 0:
+    if restoration is None and Regime.from_dict(inference).restores:
         print(f"{state.root / 'restoration'}: no restoration prior trained; the bundle's inference runs without "
               "one (restore 0)")
         inference.update(restore=0.0, restore_noisy=None)
