@@ -85,7 +85,8 @@ def _regime_provenance(regime: dict, reference: bool = False, target_images: int
         "HarmonizationStrength": float(regime["strength"]),
         "DDIMInversionSteps": inversion,
         "DDIMSamplingSteps": sampling,
-        "DetailReinjection": float(regime.get("detail") or 0.0),
+        # gain of the input detail added back (the regime's reference_detail toward a reference image, when set)
+        "DetailReinjection": Regime.from_dict(regime).detail_gain(reference),
         "IntensityCalibration": bool(regime.get("calibrate")),
         # 1: the brain histogram mapped onto the target's; below 1 (toward a reference image) blended with the
         # unmapped output

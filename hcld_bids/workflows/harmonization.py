@@ -89,13 +89,14 @@ def regime_description(regime: dict, reference: bool = False) -> str:
         text = (f"inverted to {t_frac} with {regime['inversion_steps']} deterministic DDIM steps [@ddim] and "
                 f"regenerated with {regime['sampling_steps']} DDIM steps of the latent diffusion model [@ldm], "
                 "both conditioned on the target style")
-    extras = []
-    if float(regime.get("detail") or 0) > 0:
-        extras.append("the image detail the autoencoder does not reproduce (the input minus its "
-                      "reconstruction) was added back")
     from ..model.harmonize import Regime
 
     parsed = Regime.from_dict(regime)
+    extras = []
+    gain = parsed.detail_gain(reference)
+    if gain > 0:
+        extras.append("the image detail the autoencoder does not reproduce (the input minus its "
+                      "reconstruction" + (f", times {gain:g}" if gain != 1 else "") + ") was added back")
     if parsed.spectrum > 0:
         share = 1.0 - float(parsed.reference_calibration)
         rule = (f"gain exponent {parsed.spectrum_exponent(1):g}, as for one image" if reference else

@@ -79,10 +79,11 @@ RECIPE = {
     # way toward a reference image's: "A reference image from a site the model never saw"), after the spectral
     # calibration onto the target's power spectrum ("Spectral calibration"), on the input restored half way by the
     # restoration prior of the state's restoration/ folder ("Restoration prior"; train_restoration.py), fully
-    # for an input whose estimated noise is above 0.0225 ("A restoration weight from the image's noise")
+    # for an input whose estimated noise is above 0.0225 ("A restoration weight from the image's noise"); toward a
+    # reference image 0.875 of the lost detail ("Detail toward a reference image")
     "inference": {"kind": "dual", "strength": 0.1, "inversion_steps": 10, "sampling_steps": 10, "detail": 0.75,
-                  "calibrate": True, "reference_calibration": 0.5, "spectrum": 1.0, "restore": 0.5,
-                  "restore_noisy": 1.0, "noise_threshold": 0.0225},
+                  "reference_detail": 0.875, "calibrate": True, "reference_calibration": 0.5, "spectrum": 1.0,
+                  "restore": 0.5, "restore_noisy": 1.0, "noise_threshold": 0.0225},
     "eval_every": {"stage1": 100, "stage2": 500},
 }
 

@@ -130,6 +130,27 @@ def test_reference_calibration_blends_toward_a_reference_and_not_toward_a_site(b
             np.testing.assert_array_equal(none, full)
 
 
+def test_reference_detail_sets_the_gain_toward_a_reference_and_not_toward_a_site(bundle_dir):
+    h = Harmonizer(load_bundle(bundle_dir))
+    mask = _volume() > 0
+    assert Regime(detail=0.75).detail_gain(True) == 0.75  # unset: the same gain for both targets
+    assert Regime(detail=0.75, reference_detail=1.0).detail_gain(True) == 1.0
+    assert Regime(detail=0.75, reference_detail=1.0).detail_gain(False) == 0.75
+
+    def run(style, **regime):
+        return h.harmonize(_volume(), style, regime=Regime(kind="adain", **regime), mask=mask)
+
+    ref, site = h.style_from_volume(np.clip(_volume(11) ** 2, 0, 1)), h.style_from_site("A")
+    np.testing.assert_array_equal(run(ref, detail=0.25, reference_detail=1.0), run(ref, detail=1.0))
+    np.testing.assert_array_equal(run(site, detail=0.25, reference_detail=1.0), run(site, detail=0.25))
+    assert not np.allclose(run(ref, detail=0.25), run(ref, detail=1.0), atol=1e-3)
+    # gain 1: the input plus the change the model makes; with an identity fusion (the input as its own
+    # reference) that change is zero, so the output is the input itself
+    vol = _volume()
+    same = h.harmonize(vol, h.style_from_volume(vol), regime=Regime(kind="adain", reference_detail=1.0), mask=mask)
+    np.testing.assert_allclose(same[mask], np.clip(vol, 0, 1)[mask], atol=1e-5)
+
+
 def test_spectral_calibration_filters_the_output_by_the_inputs_gain_before_the_histogram(bundle_dir):
     from hcld_bids.model.spectrum import match_spectrum
 
@@ -201,7 +222,7 @@ def test_match_histogram_keeps_order_and_outside():
 @pytest.mark.parametrize("bad", [dict(kind="magic"), dict(strength=0.0), dict(strength=1.5),
                                  dict(sampling_steps=0), dict(detail=-1.0), dict(reference_calibration=-0.1),
                                  dict(reference_calibration=1.5), dict(guidance=-1.0), dict(guidance_source="x"),
-                                 dict(spectrum=-1.0)])
+                                 dict(spectrum=-1.0), dict(reference_detail=-0.5)])
 def test_bad_regimes_are_refused(bad):
     with pytest.raises(ValueError):
         Regime(**bad)

@@ -123,6 +123,30 @@ def test_methods_text_says_when_the_reference_calibration_is_partial(tmp_path, w
     assert "blended" not in site
 
 
+@pytest.mark.parametrize("reference_detail", [None, 1.0])
+def test_methods_text_description_and_sidecar_give_the_detail_gain_of_the_target(tmp_path, reference_detail):
+    from hcld_bids.workflows.base import _regime_provenance
+    from hcld_bids.workflows.harmonization import regime_description
+
+    inference = {"kind": "dual", "strength": 0.1, "inversion_steps": 10, "sampling_steps": 10, "detail": 0.75,
+                 "calibrate": True, "reference_calibration": 0.5}
+    if reference_detail is not None:
+        inference["reference_detail"] = reference_detail
+    manifest = dict(MANIFEST, inference=inference)
+    ref = " ".join(boilerplate.render_markdown(boilerplate.citation_context(
+        _config(tmp_path, reference_image=Path("/data/ref_T1w.nii.gz")), manifest)).split())
+    site = " ".join(boilerplate.render_markdown(boilerplate.citation_context(
+        _config(tmp_path, target_site="siteA"), manifest)).split())
+    toward_reference = 0.75 if reference_detail is None else 1.0
+    assert "own reconstruction, times 0.75) was added back" in site
+    assert ("own reconstruction, times 0.75) was added back" in ref) == (toward_reference == 0.75)
+    assert ("own reconstruction) was added back" in ref) == (toward_reference == 1.0)
+    assert ("times 0.75" in regime_description(inference, reference=True)) == (toward_reference == 0.75)
+    assert "times 0.75" in regime_description(inference)
+    assert _regime_provenance(inference)["DetailReinjection"] == 0.75
+    assert _regime_provenance(inference, reference=True)["DetailReinjection"] == toward_reference
+
+
 def test_text_without_a_manifest_leaves_unknown_numbers_out(tmp_path):
     text = boilerplate.render_markdown(boilerplate.citation_context(_config(tmp_path, target_site="A")))
     assert "None" not in text and "()" not in text and "had been trained" not in text and "The model was" not in text
