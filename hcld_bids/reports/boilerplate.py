@@ -236,7 +236,9 @@ def citation_context(config=None, manifest: Mapping | None = None, **overrides) 
     data only, ``prototype_sites`` {site: n_images} added without training, ``training_recorded``,
     ``demo``),
     ``target_site``, ``reference_image``, ``ddim_inversion_steps``, ``ddim_sampling_steps``, ``regime`` (the
-    inference regime as a dict, :func:`hcld_bids.workflows.harmonization.inference_regime`), ``device``,
+    inference regime as a dict, :func:`hcld_bids.workflows.harmonization.inference_regime`), ``detail_gain``
+    (the regime's detail gain toward this run's target, :meth:`hcld_bids.model.harmonize.Regime.detail_gain`;
+    None without a regime), ``device``,
     ``random_seed``, ``training`` (hyper-parameters: ae_epochs, ldm_epochs, lr_ae, lr_ldm, weight_*, ...).
 
     ``overrides`` replace top-level keys (e.g. ``device="cuda:0"`` once the device is resolved).
@@ -259,6 +261,7 @@ def citation_context(config=None, manifest: Mapping | None = None, **overrides) 
         "ddim_inversion_steps": None,
         "ddim_sampling_steps": None,
         "regime": None,
+        "detail_gain": None,
         "device": None,
         "random_seed": None,
         "training": {},
@@ -284,6 +287,10 @@ def citation_context(config=None, manifest: Mapping | None = None, **overrides) 
         )
         context["model"]["source"] = workflow.model_source
     context.update(overrides)
+    if context["regime"] is not None and "detail_gain" not in overrides:
+        from ..model.harmonize import Regime
+
+        context["detail_gain"] = Regime.from_dict(context["regime"]).detail_gain(reference=not context["target_site"])
     return context
 
 

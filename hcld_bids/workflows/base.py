@@ -78,6 +78,7 @@ def _regime_provenance(regime: dict, reference: bool = False, target_images: int
     target's spectrum averages, 1 for a reference)."""
     from ..model.harmonize import Regime
 
+    parsed = Regime.from_dict(regime)
     calls = {"sdedit": (None, regime["sampling_steps"]), "adain": (None, None), "research": (30, 10)}
     inversion, sampling = calls.get(regime["kind"], (regime["inversion_steps"], regime["sampling_steps"]))
     return {
@@ -86,13 +87,13 @@ def _regime_provenance(regime: dict, reference: bool = False, target_images: int
         "DDIMInversionSteps": inversion,
         "DDIMSamplingSteps": sampling,
         # gain of the input detail added back (the regime's reference_detail toward a reference image, when set)
-        "DetailReinjection": Regime.from_dict(regime).detail_gain(reference),
+        "DetailReinjection": parsed.detail_gain(reference),
         "IntensityCalibration": bool(regime.get("calibrate")),
         # 1: the brain histogram mapped onto the target's; below 1 (toward a reference image) blended with the
         # unmapped output
-        "IntensityCalibrationWeight": Regime.from_dict(regime).calibration_weight(reference),
+        "IntensityCalibrationWeight": parsed.calibration_weight(reference),
         # exponent of the spectral calibration (0: none): band powers moved toward the target's power spectrum
-        "SpectralCalibration": Regime.from_dict(regime).spectrum_exponent(1 if reference else target_images),
+        "SpectralCalibration": parsed.spectrum_exponent(1 if reference else target_images),
         # weight of the restoration prior's correction on the input (0: none); with the regime's restore_noisy each
         # image's own weight (from its estimated noise) replaces it in _provenance
         "InputRestoration": float(regime.get("restore") or 0.0),
