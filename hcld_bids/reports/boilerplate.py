@@ -238,7 +238,11 @@ def citation_context(config=None, manifest: Mapping | None = None, **overrides) 
     ``target_site``, ``reference_image``, ``ddim_inversion_steps``, ``ddim_sampling_steps``, ``regime`` (the
     inference regime as a dict, :func:`hcld_bids.workflows.harmonization.inference_regime`), ``detail_gain``
     (the regime's detail gain toward this run's target, :meth:`hcld_bids.model.harmonize.Regime.detail_gain`;
-    None without a regime), ``device``,
+    None without a regime), ``calibration_weight`` (:meth:`~hcld_bids.model.harmonize.Regime.calibration_weight`
+    toward this run's target), ``spectrum_exponent_one_image`` and ``spectrum_head_share`` (the spectral gain's
+    exponent toward one head, and the share of ``spectrum`` that only averaging over heads gives back:
+    :meth:`~hcld_bids.model.harmonize.Regime.spectrum_exponent` of n heads is ``spectrum x (1 - head_share / n)``),
+    ``device``,
     ``random_seed``, ``training`` (hyper-parameters: ae_epochs, ldm_epochs, lr_ae, lr_ldm, weight_*, ...).
 
     ``overrides`` replace top-level keys (e.g. ``device="cuda:0"`` once the device is resolved).
@@ -262,6 +266,9 @@ def citation_context(config=None, manifest: Mapping | None = None, **overrides) 
         "ddim_sampling_steps": None,
         "regime": None,
         "detail_gain": None,
+        "calibration_weight": None,
+        "spectrum_exponent_one_image": None,
+        "spectrum_head_share": None,
         "device": None,
         "random_seed": None,
         "training": {},
@@ -287,10 +294,20 @@ def citation_context(config=None, manifest: Mapping | None = None, **overrides) 
         )
         context["model"]["source"] = workflow.model_source
     context.update(overrides)
-    if context["regime"] is not None and "detail_gain" not in overrides:
+    if context["regime"] is not None:
         from ..model.harmonize import Regime
 
-        context["detail_gain"] = Regime.from_dict(context["regime"]).detail_gain(reference=not context["target_site"])
+        regime = Regime.from_dict(context["regime"])
+        reference = not context["target_site"]
+        derived = {
+            "detail_gain": regime.detail_gain(reference=reference),
+            "calibration_weight": regime.calibration_weight(reference=reference),
+            "spectrum_exponent_one_image": regime.spectrum_exponent(1),
+            "spectrum_head_share": 1.0 - float(regime.reference_calibration),
+        }
+        for key, value in derived.items():
+            if key not in overrides:
+                context[key] = float(f"{value:.6g}")  # 0.45, not 0.45000000000000007, in a methods text
     return context
 
 

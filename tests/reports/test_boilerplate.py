@@ -318,3 +318,29 @@ def test_methods_text_description_and_sidecar_say_when_the_restoration_weight_fo
     assert block["InputRestoration"] == 1.0 and block["InputNoiseEstimate"] == 0.03123
     fixed = _provenance(static, "site:siteA", "cpu", 1.0, {}, 0.0, 1.0, restoration={"weight": 0.5, "noise": None})
     assert fixed["InputRestoration"] == 0.5 and "InputNoiseEstimate" not in fixed
+
+
+def test_methods_text_takes_calibration_figures_from_the_regime_not_its_own_arithmetic(tmp_path):
+    """The template prints the figures that Regime computes (calibration weight, spectral exponents), rounded
+    for reading, so that the text and the run cannot drift apart."""
+    from hcld_bids.model.harmonize import Regime
+
+    inference = {"kind": "dual", "strength": 0.1, "inversion_steps": 10, "sampling_steps": 10, "detail": 0.75,
+                 "calibrate": True, "reference_calibration": 0.3, "spectrum": 1.5}
+    regime = Regime.from_dict(inference)
+    manifest = dict(MANIFEST, inference=inference)
+    ref_context = boilerplate.citation_context(_config(tmp_path, reference_image=Path("/data/ref_T1w.nii.gz")),
+                                               manifest)
+    site_context = boilerplate.citation_context(_config(tmp_path, target_site="siteA"), manifest)
+    assert ref_context["calibration_weight"] == pytest.approx(regime.calibration_weight(reference=True)) == 0.3
+    assert site_context["calibration_weight"] == 1.0
+    assert ref_context["spectrum_exponent_one_image"] == pytest.approx(regime.spectrum_exponent(1))
+    # the site formula in the text gives Regime.spectrum_exponent for any number of heads
+    share = site_context["spectrum_head_share"]
+    for n in (1, 7, 33):
+        assert 1.5 * (1 - share / n) == pytest.approx(regime.spectrum_exponent(n))
+    ref = " ".join(boilerplate.render_markdown(ref_context).split())
+    site = " ".join(boilerplate.render_markdown(site_context).split())
+    assert "with the gain raised to the power 0.45, as one head's spectrum" in ref
+    assert "with a weight of 0.3 on the mapped one" in ref
+    assert "raised to the power 1.5 x (1 - 0.7 / n) for a spectrum averaged over n images" in site
