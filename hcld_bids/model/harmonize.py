@@ -225,12 +225,18 @@ class Regime:
             return 0.0
         return float(self.reference_calibration) if reference else 1.0
 
+    @property
+    def spectrum_head_share(self) -> float:
+        """The share of ``spectrum`` that one head's anatomy takes from the exponent, ``1 - reference_calibration``
+        (see :meth:`spectrum_exponent`)."""
+        return 1.0 - float(self.reference_calibration)
+
     def spectrum_exponent(self, images: int) -> float:
         """Exponent of the spectral calibration toward a spectrum averaged over ``images`` heads (1 for a
-        reference image): ``spectrum * (1 - (1 - reference_calibration) / images)``. One head's spectrum, like
+        reference image): ``spectrum * (1 - spectrum_head_share / images)``. One head's spectrum, like
         its histogram, carries its anatomy as well as its scanner, and that part averages out over many heads:
         a reference gets ``spectrum * reference_calibration``, a site of 33 images 98.5 % of ``spectrum``."""
-        return float(self.spectrum) * (1.0 - (1.0 - float(self.reference_calibration)) / max(int(images), 1))
+        return float(self.spectrum) * (1.0 - self.spectrum_head_share / max(int(images), 1))
 
     def t_end(self, num_train_timesteps: int) -> int:
         return max(1, int(round(float(self.strength) * (num_train_timesteps - 1))))

@@ -303,7 +303,7 @@ def citation_context(config=None, manifest: Mapping | None = None, **overrides) 
             "detail_gain": regime.detail_gain(reference=reference),
             "calibration_weight": regime.calibration_weight(reference=reference),
             "spectrum_exponent_one_image": regime.spectrum_exponent(1),
-            "spectrum_head_share": 1.0 - float(regime.reference_calibration),
+            "spectrum_head_share": regime.spectrum_head_share,
         }
         for key, value in derived.items():
             if key not in overrides:

@@ -98,9 +98,9 @@ def regime_description(regime: dict, reference: bool = False) -> str:
         extras.append("the image detail the autoencoder does not reproduce (the input minus its "
                       "reconstruction" + (f", times {gain:g}" if gain != 1 else "") + ") was added back")
     if parsed.spectrum > 0:
-        share = 1.0 - float(parsed.reference_calibration)
         rule = (f"gain exponent {parsed.spectrum_exponent(1):g}, as for one image" if reference else
-                f"gain exponent {parsed.spectrum:g} x (1 - {share:g} / n) for a spectrum averaged over n images")
+                f"gain exponent {parsed.spectrum:g} x (1 - {parsed.spectrum_head_share:g} / n) for a spectrum "
+                "averaged over n images")
         extras.append("the image was filtered so that its power in bands of spatial frequency matched the "
                       f"target's power spectrum ({rule})")
     if regime.get("calibrate"):

@@ -295,3 +295,12 @@ def test_calibration_weight_says_which_calibration_runs():
     assert Regime(kind="adain").calibration_weight(reference=True) == 0.0
     r = Regime(kind="adain", calibrate=True, reference_calibration=0.25)
     assert (r.calibration_weight(reference=True), r.calibration_weight(reference=False)) == (0.25, 1.0)
+
+
+def test_spectrum_exponent_is_spectrum_less_the_head_share_per_image():
+    from hcld_bids.model.harmonize import Regime
+
+    regime = Regime(kind="dual", spectrum=1.5, reference_calibration=0.3)
+    assert regime.spectrum_head_share == pytest.approx(0.7)
+    assert regime.spectrum_exponent(1) == pytest.approx(1.5 * 0.3)
+    assert regime.spectrum_exponent(10) == pytest.approx(1.5 * (1 - 0.07))
