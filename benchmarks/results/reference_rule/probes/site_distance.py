@@ -15,12 +15,15 @@ nearest to the source latent (what the harmonizer can know at run time; the left
     PYTHONPATH=$PWD python benchmarks/results/reference_rule/probes/site_distance.py VAL_PACK BUNDLE \
         benchmarks/results/reference_rule/sweep_val_site*/pairs.tsv
 """
-import sys, csv, collections
+import sys, collections
+from pathlib import Path
 import numpy as np
 import torch
 
 sys.path.insert(0, "benchmarks")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_simulated import load_inputs
+from _sweep import W, show as _show, sweep_pairs
 from hcld_bids.model.bundle import load_bundle
 from hcld_bids.model.harmonize import Harmonizer, brain_histogram
 from hcld_bids.model.unet import condition_style
@@ -59,23 +62,13 @@ def nearest(sub, site, left):
     return names[int(np.argmin(d))]
 
 
-W = [0, 0.25, 0.5, 0.75, 1]
-pairs = []
-for path in sweeps:
-    P = collections.defaultdict(dict)
-    for r in csv.DictReader(open(path), delimiter="\t"):
-        P[r["pair"]][r["method"]] = r
-    left = path.split("/")[-2].replace("sweep_val_", "")
-    for pair, m in P.items():
-        sub, site, ref = pair.split(":")
-        href = hists[ref, left]
-        near = nearest(sub, site, left)
-        ssim = np.array([float(m[f"hcld_ref_cal{w:g}"]["ssim"]) for w in W])
-        pairs.append(dict(left=left, pair=pair, site=site, near=near, ssim=ssim, inp=float(m["input"]["ssim"]),
-                          d_true=wasserstein_1d(site_hist[site], href, edges),
-                          d_near=wasserstein_1d(site_hist[near], href, edges),
-                          d_head=wasserstein_1d(hists[sub, site], href, edges),
-                          best=W[int(np.argmax(ssim))]))
+pairs = sweep_pairs(sweeps)
+for p in pairs:
+    href = hists[p["ref"], p["left"]]
+    p["near"] = nearest(p["sub"], p["site"], p["left"])
+    p["d_true"] = wasserstein_1d(site_hist[p["site"]], href, edges)
+    p["d_near"] = wasserstein_1d(site_hist[p["near"]], href, edges)
+    p["d_head"] = wasserstein_1d(hists[p["sub"], p["site"]], href, edges)
 wrong = [p for p in pairs if p["near"] != p["site"]]
 print(f"nearest trained site != true site for {len(wrong)} of {len(pairs)} pairs:",
       sorted({(p['pair'].split(':')[0], p['site'], p['near']) for p in wrong}))
@@ -85,13 +78,7 @@ for p in sorted(pairs, key=lambda p: p["d_true"]):
 
 
 def show(name, rule):
-    by = collections.defaultdict(list)
-    for p in pairs:
-        v = float(np.interp(rule(p), W, p["ssim"]))
-        by[p["left"]].append((v, v - p["inp"]))
-        by["ALL"].append((v, v - p["inp"]))
-    print(f"{name:44s}", "  ".join(f"{k}:{np.mean([a for a, _ in v]):.4f}/{sum(d < 0 for _, d in v)}/{min(d for _, d in v):+.4f}"
-                                   for k, v in sorted(by.items())))
+    _show(pairs, name, rule, width=44)
 
 
 print("\nrule: mean SSIM / pairs worse than the input / worst change, per left-out site")
