@@ -37,10 +37,15 @@ change the model makes, ``x + D(z) - D(E(x))``, and the autoencoder's own loss c
 heads, a reference from an unseen scanner loses less often with more of the detail, while toward a site the
 gain chosen for the sites stays: benchmarks/RESULTS.md, "Detail toward a reference image");
 ``calibrate`` maps the output's brain intensities by quantiles onto the target's histogram (the site's
-stored training histogram, or the reference image's own). A site's histogram averages many heads; a reference
-image's is one head's, and carries that head's tissue proportions as well as its scanner, so toward a
-reference the calibrated output is blended with the uncalibrated one, ``(1 - w) * out + w * calibrated`` with
-``w = reference_calibration`` (1: full calibration, as toward a site). ``spectrum`` (an exponent, 0: off)
+stored training histogram, or the reference image's own). A reference image's histogram is one head's, and
+carries that head's tissue proportions as well as its scanner, and so does the mean of a few heads' of a site
+added without training (``train --add-site-prototypes``). Toward these the calibrated output is blended with the
+uncalibrated one, ``(1 - w) * out + w * calibrated``, with ``w = 1 - (1 - reference_calibration) / n`` for n heads
+(:meth:`Regime.calibration_weight`): ``reference_calibration`` toward a reference image, 0.75 toward a site added
+from 2 scans with the default 0.5 (benchmarks/RESULTS.md, "A target scanner known from a few scans"). A site the
+networks were trained on is calibrated fully: its histogram averages its whole training set, and the site
+classifier reads any part of the source's histogram left in the output (weight 0.985 for 34 images raised it
+from 0.27 to 0.70 on the test heads). ``spectrum`` (an exponent, 0: off)
 runs before the histogram's calibration: it filters the output by the band gains that would take the input's
 power in each band of spatial frequency to the target's (the site's stored mean spectrum, or the reference
 image's own), which blurs toward a blurrier site and sharpens toward a sharper one
@@ -120,7 +125,8 @@ class Regime:
             :meth:`detail_gain`).
         calibrate: quantile-map the output's brain intensities onto the target's histogram.
         reference_calibration: weight ``w`` in [0, 1] of that calibration when the target is a reference image
-            (``(1 - w) * out + w * calibrated``); a site's calibration is always full.
+            (``(1 - w) * out + w * calibrated``); toward a site added from n images without training the weight
+            is ``1 - (1 - w) / n``, toward a trained site 1 (:meth:`calibration_weight`).
         spectrum: exponent of the spectral calibration before the histogram's (0: none; 1: the output's band
             powers become the target's, :func:`hcld_bids.model.spectrum.match_spectrum`), scaled down for a
             target spectrum averaged over few images (:meth:`spectrum_exponent`).
@@ -218,25 +224,31 @@ class Regime:
             return float(self.reference_detail)
         return float(self.detail)
 
-    def calibration_weight(self, reference: bool) -> float:
-        """Weight of the calibration that runs: 0 without it, ``reference_calibration`` toward a reference
-        image, 1 toward a site."""
+    def calibration_weight(self, images: int | None) -> float:
+        """Weight of the histogram calibration toward a histogram that averages ``images`` heads: 1 for a
+        reference image, n for a site added from n images without training, None for a site the networks were
+        trained on (:func:`calibration_images`). 0 without calibration, 1 toward a trained site, otherwise
+        ``1 - head_share / images``: one head's histogram carries its anatomy as well as its scanner, and that
+        part averages out over heads; a reference gets ``reference_calibration``, a site added from 2 scans 0.75
+        (with the default 0.5)."""
         if not self.calibrate:
             return 0.0
-        return float(self.reference_calibration) if reference else 1.0
+        if images is None:
+            return 1.0
+        return 1.0 - self.head_share / max(int(images), 1)
 
     @property
-    def spectrum_head_share(self) -> float:
-        """The share of ``spectrum`` that one head's anatomy takes from the exponent, ``1 - reference_calibration``
-        (see :meth:`spectrum_exponent`)."""
+    def head_share(self) -> float:
+        """The share of the calibrations toward one head that its anatomy takes, ``1 - reference_calibration``
+        (see :meth:`calibration_weight` and :meth:`spectrum_exponent`)."""
         return 1.0 - float(self.reference_calibration)
 
     def spectrum_exponent(self, images: int) -> float:
         """Exponent of the spectral calibration toward a spectrum averaged over ``images`` heads (1 for a
-        reference image): ``spectrum * (1 - spectrum_head_share / images)``. One head's spectrum, like
-        its histogram, carries its anatomy as well as its scanner, and that part averages out over many heads:
-        a reference gets ``spectrum * reference_calibration``, a site of 33 images 98.5 % of ``spectrum``."""
-        return float(self.spectrum) * (1.0 - self.spectrum_head_share / max(int(images), 1))
+        reference image): ``spectrum * (1 - head_share / images)``, as for the histogram's weight
+        (:meth:`calibration_weight`): a reference gets ``spectrum * reference_calibration``, a site of 33 images
+        98.5 % of ``spectrum``."""
+        return float(self.spectrum) * (1.0 - self.head_share / max(int(images), 1))
 
     def t_end(self, num_train_timesteps: int) -> int:
         return max(1, int(round(float(self.strength) * (num_train_timesteps - 1))))
@@ -291,6 +303,8 @@ class Style:
         spectrum: band powers of the target's brain (:func:`hcld_bids.model.spectrum.band_power`; for the
             spectral calibration), or None.
         images: how many images the target's histogram and spectrum average (1 for a reference image).
+        calibration_images: ``images`` where the histogram's calibration is partial (a reference image, a site
+            added without training), None for a site the networks were trained on (:func:`calibration_images`).
     """
 
     latent: torch.Tensor
@@ -300,6 +314,7 @@ class Style:
     histogram: tuple | None = None
     spectrum: np.ndarray | None = None
     images: int = 1
+    calibration_images: int | None = 1
 
 
 def site_images(manifest: dict, site: str | None) -> int:
@@ -307,6 +322,15 @@ def site_images(manifest: dict, site: str | None) -> int:
     1 when the manifest does not say)."""
     entry = (manifest.get("sites") or {}).get(site) or {}
     return int(entry.get("n_images") or (entry.get("prototype") or {}).get("n_images") or 1)
+
+
+def calibration_images(manifest: dict, site: str | None) -> int | None:
+    """How many heads' anatomy a site's stored histogram carries, for its calibration weight
+    (:meth:`Regime.calibration_weight`): the image count of a site added without training
+    (``train --add-site-prototypes`` flags it ``added_without_training``), None for a site the networks were
+    trained on (calibrated fully)."""
+    entry = (manifest.get("sites") or {}).get(site) or {}
+    return site_images(manifest, site) if entry.get("added_without_training") else None
 
 
 def calibrate(vol: np.ndarray, mask: np.ndarray, histogram, weight: float = 1.0) -> np.ndarray:
@@ -534,7 +558,8 @@ class Harmonizer:
                      channel_mean=stats["channel_mean"].to(self.device), channel_std=stats["channel_std"].to(self.device),
                      source=f"site:{name}", histogram=histogram,
                      spectrum=None if spectrum is None else np.asarray(spectrum, float),
-                     images=site_images(self.bundle.manifest, name))
+                     images=site_images(self.bundle.manifest, name),
+                     calibration_images=calibration_images(self.bundle.manifest, name))
 
     def style_from_volume(self, vol) -> Style:
         """The style of a preprocessed reference volume (encoded once per distinct volume)."""
@@ -801,7 +826,7 @@ class Harmonizer:
                 measure = source if style.histogram is None else match_histogram(source, brain, *style.histogram)
                 arr = np.clip(match_spectrum(arr, brain, style.spectrum, exponent, measure=measure), 0.0, 1.0)
             if regime.calibrate:
-                arr = calibrate(arr, brain, style.histogram, regime.calibration_weight(reference))
+                arr = calibrate(arr, brain, style.histogram, regime.calibration_weight(style.calibration_images))
             if mask is not None:
                 arr[mask <= 0] = 0.0
             results.append(arr)

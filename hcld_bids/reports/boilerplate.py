@@ -238,10 +238,13 @@ def citation_context(config=None, manifest: Mapping | None = None, **overrides) 
     ``target_site``, ``reference_image``, ``ddim_inversion_steps``, ``ddim_sampling_steps``, ``regime`` (the
     inference regime as a dict, :func:`hcld_bids.workflows.harmonization.inference_regime`), ``detail_gain``
     (the regime's detail gain toward this run's target, :meth:`hcld_bids.model.harmonize.Regime.detail_gain`;
-    None without a regime), ``calibration_weight`` (:meth:`~hcld_bids.model.harmonize.Regime.calibration_weight`
-    toward this run's target), ``spectrum_exponent_one_image`` and ``spectrum_head_share`` (the spectral gain's
-    exponent toward one head, and the share of ``spectrum`` that only averaging over heads gives back:
-    :meth:`~hcld_bids.model.harmonize.Regime.spectrum_exponent` of n heads is ``spectrum x (1 - head_share / n)``),
+    None without a regime), ``target_images`` (how many images the target's histogram and spectrum average: the
+    site's ``n_images`` in the manifest, 1 for a reference image), ``target_added`` (the target site was added
+    without training), ``calibration_weight`` (:meth:`~hcld_bids.model.harmonize.Regime.calibration_weight`
+    toward this run's target), ``spectrum_exponent_one_image`` and ``head_share`` (the spectral gain's exponent
+    toward one head, and the share of the calibrations that only averaging over heads gives back: toward n
+    heads :meth:`~hcld_bids.model.harmonize.Regime.spectrum_exponent` is ``spectrum x (1 - head_share / n)``, and
+    the histogram's weight toward a site added from n images ``1 - head_share / n``),
     ``device``,
     ``random_seed``, ``training`` (hyper-parameters: ae_epochs, ldm_epochs, lr_ae, lr_ldm, weight_*, ...).
 
@@ -266,9 +269,11 @@ def citation_context(config=None, manifest: Mapping | None = None, **overrides) 
         "ddim_sampling_steps": None,
         "regime": None,
         "detail_gain": None,
+        "target_images": None,
+        "target_added": False,
         "calibration_weight": None,
         "spectrum_exponent_one_image": None,
-        "spectrum_head_share": None,
+        "head_share": None,
         "device": None,
         "random_seed": None,
         "training": {},
@@ -295,15 +300,20 @@ def citation_context(config=None, manifest: Mapping | None = None, **overrides) 
         context["model"]["source"] = workflow.model_source
     context.update(overrides)
     if context["regime"] is not None:
-        from ..model.harmonize import Regime
+        from ..model.harmonize import Regime, calibration_images, site_images
 
         regime = Regime.from_dict(context["regime"])
         reference = not context["target_site"]
+        added = None if reference else calibration_images(manifest or {}, context["target_site"])
+        if "target_images" not in overrides:
+            context["target_images"] = 1 if reference else site_images(manifest or {}, context["target_site"])
+        if "target_added" not in overrides:
+            context["target_added"] = added is not None
         derived = {
             "detail_gain": regime.detail_gain(reference=reference),
-            "calibration_weight": regime.calibration_weight(reference=reference),
+            "calibration_weight": regime.calibration_weight(1 if reference else added),
             "spectrum_exponent_one_image": regime.spectrum_exponent(1),
-            "spectrum_head_share": regime.spectrum_head_share,
+            "head_share": regime.head_share,
         }
         for key, value in derived.items():
             if key not in overrides:

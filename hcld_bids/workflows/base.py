@@ -72,13 +72,17 @@ def _provenance(static, style, device, wall_time, timings, low, high, preprocess
     return block
 
 
-def _regime_provenance(regime: dict, reference: bool = False, target_images: int = 1) -> dict:
+def _regime_provenance(regime: dict, reference: bool = False, target_images: int = 1,
+                       target_added: bool = False) -> dict:
     """Sidecar keys of the inference regime: its kind, strength, DDIM steps and post-processing (toward a
-    reference image when ``reference``: the weight of its calibration; ``target_images``: how many images the
-    target's spectrum averages, 1 for a reference)."""
+    reference image when ``reference``; ``target_images``: how many images the target site's histogram and
+    spectrum average; ``target_added``: the site was added without training, so its histogram's calibration is
+    partial, as a reference's)."""
     from ..model.harmonize import Regime
 
     parsed = Regime.from_dict(regime)
+    images = 1 if reference else target_images
+    calibration_images = images if reference or target_added else None
     calls = {"sdedit": (None, regime["sampling_steps"]), "adain": (None, None), "research": (30, 10)}
     inversion, sampling = calls.get(regime["kind"], (regime["inversion_steps"], regime["sampling_steps"]))
     return {
@@ -89,11 +93,11 @@ def _regime_provenance(regime: dict, reference: bool = False, target_images: int
         # gain of the input detail added back (the regime's reference_detail toward a reference image, when set)
         "DetailReinjection": parsed.detail_gain(reference),
         "IntensityCalibration": bool(regime.get("calibrate")),
-        # 1: the brain histogram mapped onto the target's; below 1 (toward a reference image) blended with the
-        # unmapped output
-        "IntensityCalibrationWeight": parsed.calibration_weight(reference),
+        # 1: the brain histogram mapped onto the target's (a trained site); below 1 blended with the unmapped
+        # output (a reference image, a site added from few images)
+        "IntensityCalibrationWeight": parsed.calibration_weight(calibration_images),
         # exponent of the spectral calibration (0: none): band powers moved toward the target's power spectrum
-        "SpectralCalibration": parsed.spectrum_exponent(1 if reference else target_images),
+        "SpectralCalibration": parsed.spectrum_exponent(images),
         # weight of the restoration prior's correction on the input (0: none); with the regime's restore_noisy each
         # image's own weight (from its estimated noise) replaces it in _provenance
         "InputRestoration": float(regime.get("restore") or 0.0),
@@ -108,7 +112,7 @@ def static_provenance(config, model, record, device: str) -> dict:
     import torch
 
     from .. import __version__
-    from ..model.harmonize import site_images
+    from ..model.harmonize import calibration_images, site_images
     from ..templates import is_shipped
     from .harmonization import inference_regime
 
@@ -129,7 +133,8 @@ def static_provenance(config, model, record, device: str) -> dict:
         "SourceIsTarget": bool(config.workflow.target_site) and record.site == config.workflow.target_site,
         "ReferenceImage": str(reference) if reference else None,
         **_regime_provenance(inference_regime(model.manifest, config.workflow), reference=bool(reference),
-                             target_images=site_images(model.manifest, config.workflow.target_site)),
+                             target_images=site_images(model.manifest, config.workflow.target_site),
+                             target_added=calibration_images(model.manifest, config.workflow.target_site) is not None),
         "RandomSeed": int(config.workflow.random_seed),
         "RequestedDevice": config.workflow.device,
         "Template": model.template,

@@ -64,9 +64,10 @@ def inference_regime(manifest: dict, workflow_config=None) -> dict:
     return regime.to_dict()
 
 
-def regime_description(regime: dict, reference: bool = False) -> str:
+def regime_description(regime: dict, reference: bool = False, added_images: int | None = None) -> str:
     """One sentence of methods text saying what the diffusion model did under ``regime`` (toward a reference
-    image when ``reference``: its calibration may be partial)."""
+    image when ``reference``, or toward a site added from ``added_images`` images without training: their
+    calibration may be partial)."""
     kind, strength = regime["kind"], float(regime["strength"])
     t_frac = f"{strength:g} of the diffusion"
     if kind == "sdedit":
@@ -99,18 +100,33 @@ def regime_description(regime: dict, reference: bool = False) -> str:
                       "reconstruction" + (f", times {gain:g}" if gain != 1 else "") + ") was added back")
     if parsed.spectrum > 0:
         rule = (f"gain exponent {parsed.spectrum_exponent(1):g}, as for one image" if reference else
-                f"gain exponent {parsed.spectrum:g} x (1 - {parsed.spectrum_head_share:g} / n) for a spectrum "
+                f"gain exponent {parsed.spectrum:g} x (1 - {parsed.head_share:g} / n) for a spectrum "
                 "averaged over n images")
         extras.append("the image was filtered so that its power in bands of spatial frequency matched the "
                       f"target's power spectrum ({rule})")
-    if regime.get("calibrate"):
-        weight = parsed.calibration_weight(reference)
-        extras.append("the brain intensities were mapped by quantiles onto the target's intensity histogram"
-                      + (f" (blended with the unmapped image, weight {weight:g} on the mapped one)" if weight < 1 else ""))
+    if regime.get("calibrate") and parsed.head_share > 0 and (reference or added_images):
+        rule = (f"weight {parsed.calibration_weight(1):g} on the mapped one, as for one image" if reference else
+                f"weight {parsed.calibration_weight(added_images):g} on the mapped one for a site added from "
+                f"{added_images} image{'s' if added_images != 1 else ''} without training, 1 - "
+                f"{parsed.head_share:g} / n for n images")
+        extras.append("the brain intensities were mapped by quantiles onto the target's intensity histogram "
+                      f"and blended with the unmapped image ({rule})")
+    elif regime.get("calibrate"):
+        extras.append("the brain intensities were mapped by quantiles onto the target's intensity histogram")
     return text + ("; after decoding, " + " and ".join(extras) if extras else "")
 
 
-def _desc(target_site: str | None, regime: dict) -> str:
+def _added_images(model, target_site: str | None) -> int | None:
+    """The image count of ``target_site`` when it was added to ``model`` without training, else None."""
+    from ..model.harmonize import calibration_images
+
+    manifest = getattr(model, "manifest", None)
+    return calibration_images(manifest, target_site) if target_site and isinstance(manifest, dict) else None
+
+
+def _desc(target_site: str | None, regime: dict, added_images: int | None = None) -> str:
+    """The workflow's methods paragraph (``added_images``: the target site was added from that many images
+    without training)."""
     target = f"the style prototype of site {target_site}" if target_site else "the style of a reference image"
     from ..model.harmonize import Regime
 
@@ -126,7 +142,8 @@ def _desc(target_site: str | None, regime: dict) -> str:
     return restored + (
         f"The preprocessed brain was harmonized toward {target} with HCLD [@hcld]: it was encoded by a 3D "
         "autoencoder into a latent map, whose channel statistics were matched to those of the target style "
-        f"(AdaIN [@adain]), {regime_description(regime, reference=not target_site)}; it was decoded back into an image."
+        f"(AdaIN [@adain]), {regime_description(regime, reference=not target_site, added_images=added_images)}; "
+        "it was decoded back into an image."
     )
 
 
@@ -168,7 +185,7 @@ def init_harmonization_wf(*, model, target_site: str | None, regime: dict, seed:
     See :data:`OUTPUT_FIELDS`.
     """
     workflow = pe.Workflow(name=name)
-    workflow.__desc__ = _desc(target_site, regime)
+    workflow.__desc__ = _desc(target_site, regime, _added_images(model, target_site))
 
     inputnode = pe.Node(niu.IdentityInterface(
         fields=["model_t1w", "model_mask", "reference_t1w", "native_ref", "xfm_tpl2t1w"]
@@ -236,7 +253,7 @@ def init_harmonize_batch_wf(*, model, target_site: str | None, regime: dict, see
     from ..interfaces.harmonize import HarmonizeBatch
 
     workflow = pe.Workflow(name=name)
-    workflow.__desc__ = _desc(target_site, regime)
+    workflow.__desc__ = _desc(target_site, regime, _added_images(model, target_site))
     count = len(labels)
     inputnode = pe.Node(niu.IdentityInterface(fields=["reference_t1w"]), name="inputnode")
     merge_t1w = pe.Node(niu.Merge(count), name="merge_t1w", run_without_submitting=True)

@@ -109,7 +109,14 @@ def test_calibration_without_a_histogram_is_a_clear_error(tmp_path, tiny_models)
         h.harmonize(_volume(), h.style_from_site("A"), regime=Regime(kind="adain", calibrate=True))
 
 
-def test_reference_calibration_blends_toward_a_reference_and_not_toward_a_site(bundle_dir):
+@pytest.mark.parametrize("added", [False, True])
+def test_calibration_blends_by_the_heads_the_target_histogram_averages(bundle_dir, added):
+    if added:  # site A of 2 images, added without training
+        import json
+
+        manifest = json.loads((bundle_dir / "manifest.json").read_text())
+        manifest["sites"]["A"]["added_without_training"] = True
+        (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
     h = Harmonizer(load_bundle(bundle_dir))
     mask = _volume() > 0
     ref = np.clip(_volume(11) ** 2, 0, 1)
@@ -125,7 +132,10 @@ def test_reference_calibration_blends_toward_a_reference_and_not_toward_a_site(b
         if style.source.startswith("reference:"):
             np.testing.assert_allclose(half, 0.5 * raw + 0.5 * full, atol=1e-5)
             np.testing.assert_allclose(none, raw, atol=1e-6)
-        else:  # a site's histogram averages many heads: its calibration is always full
+        elif added:  # the mean of 2 heads' histograms: weight 1 - (1 - reference_calibration) / 2
+            np.testing.assert_allclose(half, 0.25 * raw + 0.75 * full, atol=1e-5)
+            np.testing.assert_allclose(none, 0.5 * raw + 0.5 * full, atol=1e-5)
+        else:  # a trained site: always full
             np.testing.assert_array_equal(half, full)
             np.testing.assert_array_equal(none, full)
 
@@ -292,15 +302,31 @@ def test_research_regime_queries_the_unet_only_at_small_timesteps(bundle_dir):
 
 
 def test_calibration_weight_says_which_calibration_runs():
-    assert Regime(kind="adain").calibration_weight(reference=True) == 0.0
+    assert Regime(kind="adain").calibration_weight(1) == 0.0
     r = Regime(kind="adain", calibrate=True, reference_calibration=0.25)
-    assert (r.calibration_weight(reference=True), r.calibration_weight(reference=False)) == (0.25, 1.0)
+    assert r.calibration_weight(1) == 0.25  # one head: a reference image
+    assert r.calibration_weight(3) == pytest.approx(0.75)  # the head share 0.75 shrinks with the heads averaged
+    assert r.calibration_weight(0) == 0.25  # a site that does not say its images counts as one
+    default = Regime(kind="dual", calibrate=True, reference_calibration=0.5)
+    assert [default.calibration_weight(n) for n in (1, 2, 4, 34)] == pytest.approx([0.5, 0.75, 0.875, 1 - 0.5 / 34])
+    assert default.calibration_weight(None) == 1.0  # a trained site
+    assert Regime(kind="adain", calibrate=True).calibration_weight(1) == 1.0  # bundles before the setting
+
+
+def test_calibration_images_tell_trained_sites_from_added_ones():
+    from hcld_bids.model.harmonize import calibration_images
+
+    manifest = {"sites": {"A": {"n_images": 34}, "V": {"n_images": 2, "added_without_training": True},
+                          "W": {"prototype": {"n_images": 3}, "added_without_training": True}}}
+    assert calibration_images(manifest, "A") is None  # trained: calibrated fully
+    assert (calibration_images(manifest, "V"), calibration_images(manifest, "W")) == (2, 3)
+    assert calibration_images({}, "X") is None
 
 
 def test_spectrum_exponent_is_spectrum_less_the_head_share_per_image():
     from hcld_bids.model.harmonize import Regime
 
     regime = Regime(kind="dual", spectrum=1.5, reference_calibration=0.3)
-    assert regime.spectrum_head_share == pytest.approx(0.7)
+    assert regime.head_share == pytest.approx(0.7)
     assert regime.spectrum_exponent(1) == pytest.approx(1.5 * 0.3)
     assert regime.spectrum_exponent(10) == pytest.approx(1.5 * (1 - 0.07))

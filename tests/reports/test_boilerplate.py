@@ -110,7 +110,7 @@ def test_reference_image_replaces_the_target_site(tmp_path):
 
 
 @pytest.mark.parametrize("weight", [0.5, 1.0])
-def test_methods_text_says_when_the_reference_calibration_is_partial(tmp_path, weight):
+def test_methods_text_says_when_the_calibration_is_partial(tmp_path, weight):
     inference = {"kind": "dual", "strength": 0.1, "inversion_steps": 10, "sampling_steps": 10, "detail": 0.75,
                  "calibrate": True, "reference_calibration": weight}
     manifest = dict(MANIFEST, inference=inference)
@@ -120,7 +120,7 @@ def test_methods_text_says_when_the_reference_calibration_is_partial(tmp_path, w
         _config(tmp_path, target_site="siteA"), manifest)).split())
     assert "mapped by quantiles onto the target's" in ref and "mapped by quantiles onto the target's" in site
     assert ("with a weight of 0.5 on the mapped one" in ref) == (weight < 1)
-    assert "blended" not in site
+    assert "blended" not in site  # a trained site: full
 
 
 @pytest.mark.parametrize("reference_detail", [None, 1.0])
@@ -203,7 +203,7 @@ def test_citing_an_unknown_key_is_an_error(tmp_path, monkeypatch):
 @pytest.mark.parametrize(("inference", "flags", "fragments"), [
     ({"kind": "sdedit", "strength": 0.3, "sampling_steps": 1, "detail": 1.0, "calibrate": True}, {},
      ["strength of 0.3", "SDEdit", "1 deterministic DDIM step", "estimate of the", "input minus its own reconstruction",
-      "mapped by quantiles onto the target's", "training images stored with the model"]),
+      "mapped by quantiles onto the target's", "mean histogram of the site's images stored with the model"]),
     ({"kind": "sdedit", "strength": 0.3, "sampling_steps": 1}, {"harmonization_strength": 0.5},
      ["strength of 0.5"]),
     ({"kind": "dual", "strength": 0.5, "inversion_steps": 10, "sampling_steps": 8}, {},
@@ -267,12 +267,18 @@ def test_methods_text_and_sidecar_say_when_the_spectrum_is_calibrated(tmp_path, 
     assert _regime_provenance(inference, reference=True, target_images=4)["SpectralCalibration"] == spectrum * 0.5
 
 
-def test_workflow_description_says_when_the_reference_calibration_is_partial():
+def test_workflow_description_says_when_the_calibration_is_partial():
     from hcld_bids.workflows.harmonization import regime_description
 
     regime = {"kind": "adain", "strength": 1.0, "calibrate": True, "reference_calibration": 0.5}
-    assert "weight 0.5 on the mapped one" in regime_description(regime, reference=True)
-    assert "weight" not in regime_description(regime) and "quantiles" in regime_description(regime)
+    assert "weight 0.5 on the mapped one, as for one image" in regime_description(regime, reference=True)
+    assert ("weight 0.75 on the mapped one for a site added from 2 images without training, 1 - 0.5 / n for n images"
+            in regime_description(regime, added_images=2))
+    assert "weight" not in regime_description(regime) and "quantiles" in regime_description(regime)  # trained site
+    full = dict(regime, reference_calibration=1.0)  # bundles before the setting: full toward any target
+    for kw in ({"reference": True}, {"added_images": 2}):
+        text = regime_description(full, **kw)
+        assert "weight" not in text and "blended" not in text and "quantiles" in text
 
 
 @pytest.mark.parametrize("restore", [0.0, 0.5, 1.0])
@@ -328,19 +334,29 @@ def test_methods_text_takes_calibration_figures_from_the_regime_not_its_own_arit
     inference = {"kind": "dual", "strength": 0.1, "inversion_steps": 10, "sampling_steps": 10, "detail": 0.75,
                  "calibrate": True, "reference_calibration": 0.3, "spectrum": 1.5}
     regime = Regime.from_dict(inference)
-    manifest = dict(MANIFEST, inference=inference)
+    manifest = dict(MANIFEST, inference=inference,
+                    sites={**MANIFEST["sites"], "siteV": {"n_images": 2, "added_without_training": True}})
     ref_context = boilerplate.citation_context(_config(tmp_path, reference_image=Path("/data/ref_T1w.nii.gz")),
                                                manifest)
     site_context = boilerplate.citation_context(_config(tmp_path, target_site="siteA"), manifest)
-    assert ref_context["calibration_weight"] == pytest.approx(regime.calibration_weight(reference=True)) == 0.3
-    assert site_context["calibration_weight"] == 1.0
+    added_context = boilerplate.citation_context(_config(tmp_path, target_site="siteV"), manifest)
+    assert ref_context["calibration_weight"] == pytest.approx(regime.calibration_weight(1)) == 0.3
+    assert ref_context["target_images"] == 1 and site_context["target_images"] == 30  # siteA's n_images
+    assert site_context["calibration_weight"] == 1.0 and not site_context["target_added"]  # a trained site
+    assert added_context["target_added"] and added_context["target_images"] == 2
+    assert added_context["calibration_weight"] == pytest.approx(regime.calibration_weight(2)) == 0.65
     assert ref_context["spectrum_exponent_one_image"] == pytest.approx(regime.spectrum_exponent(1))
-    # the site formula in the text gives Regime.spectrum_exponent for any number of heads
-    share = site_context["spectrum_head_share"]
+    # the site formulas in the text give Regime's weight and exponent for any number of heads
+    share = site_context["head_share"]
     for n in (1, 7, 33):
         assert 1.5 * (1 - share / n) == pytest.approx(regime.spectrum_exponent(n))
+        assert 1 - share / n == pytest.approx(regime.calibration_weight(n))  # a site added from n images
     ref = " ".join(boilerplate.render_markdown(ref_context).split())
     site = " ".join(boilerplate.render_markdown(site_context).split())
     assert "with the gain raised to the power 0.45, as one head's spectrum" in ref
     assert "with a weight of 0.3 on the mapped one" in ref
     assert "raised to the power 1.5 x (1 - 0.7 / n) for a spectrum averaged over n images" in site
+    added = " ".join(boilerplate.render_markdown(added_context).split())
+    assert "blended" not in site.split("intensity histogram")[1][:200]  # a trained site: full
+    assert ("and blended with the unmapped image, with a weight of 0.65 on the mapped one (1 - 0.7 / n for a site "
+            "added from n images without training, here 2,") in added
