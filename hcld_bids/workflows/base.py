@@ -82,7 +82,7 @@ def _regime_provenance(regime: dict, reference: bool = False, target_images: int
 
     parsed = Regime.from_dict(regime)
     images = 1 if reference else target_images
-    calibration_images = images if reference or target_added else None
+    heads = images if reference or target_added else None  # None: a trained site, calibrated fully
     calls = {"sdedit": (None, regime["sampling_steps"]), "adain": (None, None), "research": (30, 10)}
     inversion, sampling = calls.get(regime["kind"], (regime["inversion_steps"], regime["sampling_steps"]))
     return {
@@ -95,7 +95,7 @@ def _regime_provenance(regime: dict, reference: bool = False, target_images: int
         "IntensityCalibration": bool(regime.get("calibrate")),
         # 1: the brain histogram mapped onto the target's (a trained site); below 1 blended with the unmapped
         # output (a reference image, a site added from few images)
-        "IntensityCalibrationWeight": parsed.calibration_weight(calibration_images),
+        "IntensityCalibrationWeight": parsed.calibration_weight(heads),
         # exponent of the spectral calibration (0: none): band powers moved toward the target's power spectrum
         "SpectralCalibration": parsed.spectrum_exponent(images),
         # weight of the restoration prior's correction on the input (0: none); with the regime's restore_noisy each

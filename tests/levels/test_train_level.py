@@ -57,6 +57,16 @@ def test_added_sites_are_recorded_apart_from_the_training_data_and_the_methods_t
         assert len(entry["power_spectrum"]) == 8 ** 3 and min(entry["power_spectrum"]) >= 0
     text = render_markdown(citation_context(config, manifest, target_site="Oslo", level="participant"))
     _assert_text_matches_manifest(text, manifest)
+    # the harmonizer calibrates toward an added site by its heads (Oslo: 2 scans, 0.75), a trained site fully
+    from hcld_bids.model import Harmonizer, load_bundle
+
+    harmonizer = Harmonizer(load_bundle(tmp_path / "out" / "models" / "hcld"))
+    regime = harmonizer.default_regime
+    assert [harmonizer.style_from_site(s).calibration_images for s in ("Oslo", "Boston")] == [2, 1]
+    assert harmonizer.style_from_site(sorted(demo["training"]["data"]["sites"])[0]).calibration_images is None
+    assert regime.calibration_weight(2) == 0.75
+    assert "with a weight of 0.75 on the mapped one (1 - 0.5 / n for a site added from n images" in " ".join(
+        text.split())
 
 
 def _assert_text_matches_manifest(text: str, manifest: dict) -> None:
