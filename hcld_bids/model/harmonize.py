@@ -32,10 +32,12 @@ UNet calls. Measured on the validation heads it does not help (benchmarks/RESULT
 model read its condition?"), so no bundle uses it.
 
 ``detail`` re-injects the input's high frequencies that the autoencoder loses, ``x - D(E(x))`` times the
-gain (toward a reference image ``reference_detail`` when it is set; at gain 1 the output is the input plus the
-change the model makes, ``x + D(z) - D(E(x))``, and the autoencoder's own loss cancels; measured on held-out
-heads, a reference from an unseen scanner loses less often with more of the detail, while toward a site the
-gain chosen for the sites stays: benchmarks/RESULTS.md, "Detail toward a reference image");
+gain (toward a reference image or a site added without training from few images ``reference_detail`` when it
+is set; at gain 1 the output is the input plus the change the model makes, ``x + D(z) - D(E(x))``, and the
+autoencoder's own loss cancels; measured on held-out heads, a reference from an unseen scanner, and a site
+made of its few scans, lose less often with more of the detail, while toward a trained site the gain chosen for
+the sites stays: benchmarks/RESULTS.md, "Detail toward a reference image" and "A target scanner known from a few
+scans");
 ``calibrate`` maps the output's brain intensities by quantiles onto the target's histogram (the site's
 stored training histogram, or the reference image's own). A reference image's histogram is one head's, and
 carries that head's tissue proportions as well as its scanner, and so does the mean of a few heads' of a site
@@ -121,7 +123,8 @@ class Regime:
         strength: fraction of the diffusion ``t* / (T - 1)`` in (0, 1] (full, dual, sdedit).
         inversion_steps / sampling_steps: UNet calls of each half (sdedit only samples).
         detail: gain of the re-injected input detail ``x - D(E(x))`` (0: none).
-        reference_detail: the gain instead of ``detail`` when the target is a reference image (None: ``detail``;
+        reference_detail: the gain instead of ``detail`` when the target is a reference image or a site added
+            without training (None: ``detail``;
             :meth:`detail_gain`).
         calibrate: quantile-map the output's brain intensities onto the target's histogram.
         reference_calibration: weight ``w`` in [0, 1] of that calibration when the target is a reference image
@@ -217,10 +220,11 @@ class Regime:
             return float(self.restore_noisy)
         return float(self.restore)
 
-    def detail_gain(self, reference: bool) -> float:
-        """Gain of the re-injected input detail: ``reference_detail`` toward a reference image when it is set,
-        otherwise ``detail``."""
-        if reference and self.reference_detail is not None:
+    def detail_gain(self, few_heads: bool) -> float:
+        """Gain of the re-injected input detail: ``reference_detail`` when it is set and the target is known from
+        few heads (``few_heads``: a reference image, or a site added without training, whose
+        :func:`calibration_images` is not None), otherwise ``detail``."""
+        if few_heads and self.reference_detail is not None:
             return float(self.reference_detail)
         return float(self.detail)
 
@@ -808,8 +812,7 @@ class Harmonizer:
 
             t0 = time.perf_counter()
             out = self.decode(z)
-            reference = style.source.startswith("reference:")
-            gain = regime.detail_gain(reference)
+            gain = regime.detail_gain(style.calibration_images is not None)
             if gain > 0:
                 out.add_(x.float() - self.decode(z_src), alpha=gain)
             out = out.clamp_(0.0, 1.0)[:, 0].cpu().numpy()

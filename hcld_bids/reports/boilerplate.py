@@ -310,7 +310,7 @@ def citation_context(config=None, manifest: Mapping | None = None, **overrides) 
         if "target_added" not in overrides:
             context["target_added"] = added is not None
         derived = {
-            "detail_gain": regime.detail_gain(reference=reference),
+            "detail_gain": regime.detail_gain(reference or added is not None),
             "calibration_weight": regime.calibration_weight(1 if reference else added),
             "spectrum_exponent_one_image": regime.spectrum_exponent(1),
             "head_share": regime.head_share,

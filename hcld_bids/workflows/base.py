@@ -90,8 +90,9 @@ def _regime_provenance(regime: dict, reference: bool = False, target_images: int
         "HarmonizationStrength": float(regime["strength"]),
         "DDIMInversionSteps": inversion,
         "DDIMSamplingSteps": sampling,
-        # gain of the input detail added back (the regime's reference_detail toward a reference image, when set)
-        "DetailReinjection": parsed.detail_gain(reference),
+        # gain of the input detail added back (the regime's reference_detail, when set, toward a reference image or
+        # a site added without training)
+        "DetailReinjection": parsed.detail_gain(heads is not None),
         "IntensityCalibration": bool(regime.get("calibrate")),
         # 1: the brain histogram mapped onto the target's (a trained site); below 1 blended with the unmapped
         # output (a reference image, a site added from few images)

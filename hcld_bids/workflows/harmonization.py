@@ -94,7 +94,7 @@ def regime_description(regime: dict, reference: bool = False, added_images: int 
 
     parsed = Regime.from_dict(regime)
     extras = []
-    gain = parsed.detail_gain(reference)
+    gain = parsed.detail_gain(reference or added_images is not None)
     if gain > 0:
         extras.append("the image detail the autoencoder does not reproduce (the input minus its "
                       "reconstruction" + (f", times {gain:g}" if gain != 1 else "") + ") was added back")

@@ -140,7 +140,14 @@ def test_calibration_blends_by_the_heads_the_target_histogram_averages(bundle_di
             np.testing.assert_array_equal(none, full)
 
 
-def test_reference_detail_sets_the_gain_toward_a_reference_and_not_toward_a_site(bundle_dir):
+@pytest.mark.parametrize("added", [False, True])
+def test_reference_detail_sets_the_gain_toward_a_reference_or_an_added_site_not_a_trained_one(bundle_dir, added):
+    if added:  # site A, added without training: known from few heads, like a reference
+        import json
+
+        manifest = json.loads((bundle_dir / "manifest.json").read_text())
+        manifest["sites"]["A"]["added_without_training"] = True
+        (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
     h = Harmonizer(load_bundle(bundle_dir))
     mask = _volume() > 0
     assert Regime(detail=0.75).detail_gain(True) == 0.75  # unset: the same gain for both targets
@@ -152,7 +159,8 @@ def test_reference_detail_sets_the_gain_toward_a_reference_and_not_toward_a_site
 
     ref, site = h.style_from_volume(np.clip(_volume(11) ** 2, 0, 1)), h.style_from_site("A")
     np.testing.assert_array_equal(run(ref, detail=0.25, reference_detail=1.0), run(ref, detail=1.0))
-    np.testing.assert_array_equal(run(site, detail=0.25, reference_detail=1.0), run(site, detail=0.25))
+    np.testing.assert_array_equal(run(site, detail=0.25, reference_detail=1.0),
+                                  run(site, detail=1.0 if added else 0.25))
     assert not np.allclose(run(ref, detail=0.25), run(ref, detail=1.0), atol=1e-3)
     # gain 1: the input plus the change the model makes; with an identity fusion (the input as its own
     # reference) that change is zero, so the output is the input itself

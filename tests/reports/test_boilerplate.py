@@ -132,12 +132,19 @@ def test_methods_text_description_and_sidecar_give_the_detail_gain_of_the_target
                  "calibrate": True, "reference_calibration": 0.5}
     if reference_detail is not None:
         inference["reference_detail"] = reference_detail
-    manifest = dict(MANIFEST, inference=inference)
+    manifest = dict(MANIFEST, inference=inference,
+                    sites={**MANIFEST["sites"], "siteV": {"n_images": 2, "added_without_training": True}})
     ref = " ".join(boilerplate.render_markdown(boilerplate.citation_context(
         _config(tmp_path, reference_image=Path("/data/ref_T1w.nii.gz")), manifest)).split())
     site = " ".join(boilerplate.render_markdown(boilerplate.citation_context(
         _config(tmp_path, target_site="siteA"), manifest)).split())
+    added = " ".join(boilerplate.render_markdown(boilerplate.citation_context(
+        _config(tmp_path, target_site="siteV"), manifest)).split())
     toward_reference = 0.75 if reference_detail is None else 1.0
+    # a site added without training from few images takes the reference's gain
+    assert ("own reconstruction) was added back" in added) == (toward_reference == 1.0)
+    assert ("times 0.75" in regime_description(inference, added_images=2)) == (toward_reference == 0.75)
+    assert _regime_provenance(inference, target_images=2, target_added=True)["DetailReinjection"] == toward_reference
     assert "own reconstruction, times 0.75) was added back" in site
     assert ("own reconstruction, times 0.75) was added back" in ref) == (toward_reference == 0.75)
     assert ("own reconstruction) was added back" in ref) == (toward_reference == 1.0)

@@ -14,7 +14,7 @@ calibration, then calibrated onto the site's histogram with each weight of ``WEI
 at the left-out site; the input's for comparison.
 
     PYTHONPATH=$PWD python benchmarks/results/reference_rule/probes/few_scan_site.py VAL_PACK OUT.tsv \
-        siteA=BUNDLE_NO_A siteB=BUNDLE_NO_B ...
+        siteA=BUNDLE_NO_A siteB=BUNDLE_NO_B ... [--detail GAIN] [--ks 1 2]
     PYTHONPATH=$PWD python benchmarks/results/reference_rule/probes/few_scan_site.py --summarize OUT.tsv ...
 """
 import csv
@@ -63,15 +63,25 @@ def main():
             rows += [{**r, "k": int(r["k"]), **{k: float(v) for k, v in r.items() if k == "input" or k.startswith("cal_")}}
                      for r in csv.DictReader(open(path), delimiter="\t")]
         return summarize(rows)
-    pack, out_path, *bundles = sys.argv[1:]
-    images = load_inputs(pack)
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("pack")
+    ap.add_argument("out")
+    ap.add_argument("bundles", nargs="+", help="LEFT_OUT=BUNDLE without that site")
+    ap.add_argument("--detail", type=float, default=None, help="the detail gain instead of the regime's")
+    ap.add_argument("--ks", type=int, nargs="+", default=list(KS))
+    a = ap.parse_args()
+    images = load_inputs(a.pack)
     rows, t0 = [], time.perf_counter()
-    for left, bundle in (b.split("=", 1) for b in bundles):
+    for left, bundle in (b.split("=", 1) for b in a.bundles):
         harm = Harmonizer(load_bundle(bundle))
         assert left not in harm.bundle.prototypes
         regime = replace(harm.default_regime, calibrate=False)
+        if a.detail is not None:
+            regime = replace(regime, detail=a.detail)
         subjects = sorted(s for s in images if left in images[s])
-        for k in KS:
+        for k in a.ks:
             for i, sub in enumerate(subjects):
                 refs = [subjects[(i + j) % len(subjects)] for j in range(1, k + 1)]
                 style = few_scan_style(harm, [images[r][left][0] for r in refs], [images[r][left][1] for r in refs],
@@ -90,7 +100,7 @@ def main():
                         row[f"cal_{w:g}"] = ssim(out, truth, truth_mask, mask)
                     rows.append(row)
                 print(f"  {left} k={k} {sub}: {len(rows)} rows, {time.perf_counter() - t0:.0f} s", flush=True)
-    with open(out_path, "w") as fh:
+    with open(a.out, "w") as fh:
         w = csv.DictWriter(fh, list(rows[0]), delimiter="\t")
         w.writeheader()
         w.writerows(rows)
@@ -100,8 +110,9 @@ def main():
 def summarize(rows):
     """Mean SSIM / pairs worse than the input / worst change, per k and weight (and the rule 1 - 0.5 / k)."""
     lefts = sorted({r["left"] for r in rows})
+    ks = sorted({r["k"] for r in rows})
     print(f"{'k':>2s} {'weight':>8s} " + "  ".join(f"{s:>22s}" for s in [*lefts, "ALL"]))
-    for k in KS:
+    for k in ks:
         for w in [*WEIGHTS, "rule"]:
             cells = []
             for s in [*lefts, "ALL"]:
