@@ -181,20 +181,26 @@ def nyul_map(vol, mask, standard) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- metrics
 
-def image_metrics(out, ref, ref_mask, inp, inp_mask, target_hist, voxel_size_mm: float = 2.0) -> dict:
-    """SSIM/PSNR/MAE of ``out`` against the same head ``ref`` in both brains; W1 to that head and to the site."""
+def brain_ssim(out, ref, ref_mask, inp_mask) -> float:
+    """SSIM of ``out`` against the same head ``ref``, averaged over both brains (the tables' SSIM)."""
     from skimage.metrics import structural_similarity
 
     brain = ref_mask & inp_mask
     _, ssim_map = structural_similarity(ref * brain, out * brain, data_range=1.0, gaussian_weights=True,
                                         sigma=1.5, use_sample_covariance=False, full=True)
+    return float(ssim_map[brain].mean())
+
+
+def image_metrics(out, ref, ref_mask, inp, inp_mask, target_hist, voxel_size_mm: float = 2.0) -> dict:
+    """SSIM/PSNR/MAE of ``out`` against the same head ``ref`` in both brains; W1 to that head and to the site."""
+    brain = ref_mask & inp_mask
     diff = out[brain] - ref[brain]
     mse = float(np.mean(diff ** 2))
     edges = metrics.histogram_edges()
     _, h_out = metrics.brain_histogram(out, inp_mask)
     _, h_ref = metrics.brain_histogram(ref, ref_mask)
     return {
-        "ssim": float(ssim_map[brain].mean()),
+        "ssim": brain_ssim(out, ref, ref_mask, inp_mask),
         "psnr": float(10 * np.log10(1.0 / max(mse, 1e-12))),
         "mae": float(np.mean(np.abs(diff))),
         "w1_same_head": metrics.wasserstein_1d(h_out, h_ref, edges),

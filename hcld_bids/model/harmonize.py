@@ -94,6 +94,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 import torch
 
+from ..manifest import added_sites
 from .ddim import NoiseSchedule
 from .errors import InputVolumeError, UnknownSiteError
 from .fusion import adain, channel_stats
@@ -222,8 +223,8 @@ class Regime:
 
     def detail_gain(self, few_heads: bool) -> float:
         """Gain of the re-injected input detail: ``reference_detail`` when it is set and the target is known from
-        few heads (``few_heads``: a reference image, or a site added without training, whose
-        :func:`calibration_images` is not None), otherwise ``detail``."""
+        few heads (``few_heads``: a reference image, or a site added without training; the target's
+        :attr:`Style.calibration_images` is not None), otherwise ``detail``."""
         if few_heads and self.reference_detail is not None:
             return float(self.reference_detail)
         return float(self.detail)
@@ -231,7 +232,7 @@ class Regime:
     def calibration_weight(self, images: int | None) -> float:
         """Weight of the histogram calibration toward a histogram that averages ``images`` heads: 1 for a
         reference image, n for a site added from n images without training, None for a site the networks were
-        trained on (:func:`calibration_images`). 0 without calibration, 1 toward a trained site, otherwise
+        trained on (:func:`added_site_images`). 0 without calibration, 1 toward a trained site, otherwise
         ``1 - head_share / images``: one head's histogram carries its anatomy as well as its scanner, and that
         part averages out over heads; a reference gets ``reference_calibration``, a site added from 2 scans 0.75
         (with the default 0.5)."""
@@ -307,8 +308,8 @@ class Style:
         spectrum: band powers of the target's brain (:func:`hcld_bids.model.spectrum.band_power`; for the
             spectral calibration), or None.
         images: how many images the target's histogram and spectrum average (1 for a reference image).
-        calibration_images: ``images`` where the histogram's calibration is partial (a reference image, a site
-            added without training), None for a site the networks were trained on (:func:`calibration_images`).
+        trained_site: the target is a site the networks were trained on (calibrated fully; not a reference image
+            nor a site added without training, :func:`added_site_images`).
     """
 
     latent: torch.Tensor
@@ -318,7 +319,13 @@ class Style:
     histogram: tuple | None = None
     spectrum: np.ndarray | None = None
     images: int = 1
-    calibration_images: int | None = 1
+    trained_site: bool = False
+
+    @property
+    def calibration_images(self) -> int | None:
+        """The heads whose anatomy the target's histogram carries, for :meth:`Regime.calibration_weight` and
+        :meth:`Regime.detail_gain`: ``images``, or None for a trained site."""
+        return None if self.trained_site else self.images
 
 
 def site_images(manifest: dict, site: str | None) -> int:
@@ -328,13 +335,11 @@ def site_images(manifest: dict, site: str | None) -> int:
     return int(entry.get("n_images") or (entry.get("prototype") or {}).get("n_images") or 1)
 
 
-def calibration_images(manifest: dict, site: str | None) -> int | None:
-    """How many heads' anatomy a site's stored histogram carries, for its calibration weight
-    (:meth:`Regime.calibration_weight`): the image count of a site added without training
-    (``train --add-site-prototypes`` flags it ``added_without_training``), None for a site the networks were
-    trained on (calibrated fully)."""
-    entry = (manifest.get("sites") or {}).get(site) or {}
-    return site_images(manifest, site) if entry.get("added_without_training") else None
+def added_site_images(manifest: dict, site: str | None) -> int | None:
+    """The image count of ``site`` when it was added without training (``train --add-site-prototypes`` flags it
+    ``added_without_training``: :func:`hcld_bids.manifest.added_sites`), None for a site the networks were trained
+    on (calibrated fully, :meth:`Regime.calibration_weight`)."""
+    return site_images(manifest, site) if site in added_sites(manifest) else None
 
 
 def calibrate(vol: np.ndarray, mask: np.ndarray, histogram, weight: float = 1.0) -> np.ndarray:
@@ -563,7 +568,7 @@ class Harmonizer:
                      source=f"site:{name}", histogram=histogram,
                      spectrum=None if spectrum is None else np.asarray(spectrum, float),
                      images=site_images(self.bundle.manifest, name),
-                     calibration_images=calibration_images(self.bundle.manifest, name))
+                     trained_site=added_site_images(self.bundle.manifest, name) is None)
 
     def style_from_volume(self, vol) -> Style:
         """The style of a preprocessed reference volume (encoded once per distinct volume)."""

@@ -300,11 +300,11 @@ def citation_context(config=None, manifest: Mapping | None = None, **overrides) 
         context["model"]["source"] = workflow.model_source
     context.update(overrides)
     if context["regime"] is not None:
-        from ..model.harmonize import Regime, calibration_images, site_images
+        from ..model.harmonize import Regime, added_site_images, site_images
 
         regime = Regime.from_dict(context["regime"])
         reference = not context["target_site"]
-        added = None if reference else calibration_images(manifest or {}, context["target_site"])
+        added = None if reference else added_site_images(manifest or {}, context["target_site"])
         if "target_images" not in overrides:
             context["target_images"] = 1 if reference else site_images(manifest or {}, context["target_site"])
         if "target_added" not in overrides:

@@ -113,7 +113,7 @@ def static_provenance(config, model, record, device: str) -> dict:
     import torch
 
     from .. import __version__
-    from ..model.harmonize import calibration_images, site_images
+    from ..model.harmonize import added_site_images, site_images
     from ..templates import is_shipped
     from .harmonization import inference_regime
 
@@ -135,7 +135,7 @@ def static_provenance(config, model, record, device: str) -> dict:
         "ReferenceImage": str(reference) if reference else None,
         **_regime_provenance(inference_regime(model.manifest, config.workflow), reference=bool(reference),
                              target_images=site_images(model.manifest, config.workflow.target_site),
-                             target_added=calibration_images(model.manifest, config.workflow.target_site) is not None),
+                             target_added=added_site_images(model.manifest, config.workflow.target_site) is not None),
         "RandomSeed": int(config.workflow.random_seed),
         "RequestedDevice": config.workflow.device,
         "Template": model.template,

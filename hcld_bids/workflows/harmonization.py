@@ -118,10 +118,10 @@ def regime_description(regime: dict, reference: bool = False, added_images: int 
 
 def _added_images(model, target_site: str | None) -> int | None:
     """The image count of ``target_site`` when it was added to ``model`` without training, else None."""
-    from ..model.harmonize import calibration_images
+    from ..model.harmonize import added_site_images
 
     manifest = getattr(model, "manifest", None)
-    return calibration_images(manifest, target_site) if target_site and isinstance(manifest, dict) else None
+    return added_site_images(manifest, target_site) if target_site and isinstance(manifest, dict) else None
 
 
 def _desc(target_site: str | None, regime: dict, added_images: int | None = None) -> str:

@@ -322,13 +322,13 @@ def test_calibration_weight_says_which_calibration_runs():
 
 
 def test_calibration_images_tell_trained_sites_from_added_ones():
-    from hcld_bids.model.harmonize import calibration_images
+    from hcld_bids.model.harmonize import added_site_images
 
     manifest = {"sites": {"A": {"n_images": 34}, "V": {"n_images": 2, "added_without_training": True},
                           "W": {"prototype": {"n_images": 3}, "added_without_training": True}}}
-    assert calibration_images(manifest, "A") is None  # trained: calibrated fully
-    assert (calibration_images(manifest, "V"), calibration_images(manifest, "W")) == (2, 3)
-    assert calibration_images({}, "X") is None
+    assert added_site_images(manifest, "A") is None  # trained: calibrated fully
+    assert (added_site_images(manifest, "V"), added_site_images(manifest, "W")) == (2, 3)
+    assert added_site_images({}, "X") is None
 
 
 def test_spectrum_exponent_is_spectrum_less_the_head_share_per_image():

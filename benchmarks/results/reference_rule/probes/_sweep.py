@@ -46,3 +46,23 @@ def tissue_mixture(vol, mask):
     g = GaussianMixture(3, random_state=0, means_init=np.quantile(v, [0.1, 0.45, 0.85]).reshape(-1, 1)).fit(v[::4])
     order = np.argsort(g.means_.ravel())
     return g.means_.ravel()[order], np.bincount(g.predict(v), minlength=3)[order] / len(v)
+
+
+def calibrated_ssims(img, mask, hist, weights, truth, truth_mask):
+    """``{weight: SSIM to the same head}`` of ``img`` calibrated onto ``hist`` with each weight (zero outside the
+    mask), as the harmonizer's last step does."""
+    from hcld_bids.model.harmonize import calibrate
+    from quality_simulated import brain_ssim
+
+    out = {}
+    for w in weights:
+        cal = calibrate(img, mask, hist, w)
+        cal[~mask] = 0.0
+        out[w] = brain_ssim(cal, truth, truth_mask, mask)
+    return out
+
+
+def cell(values, inputs):
+    """``mean / pairs below the input / worst change`` of a method's SSIMs against the inputs'."""
+    v, d = np.asarray(values), np.asarray(values) - np.asarray(inputs)
+    return f"{v.mean():.4f}/{int((d < 0).sum()):3d}/{d.min():+.4f}"

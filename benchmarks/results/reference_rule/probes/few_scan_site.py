@@ -21,29 +21,23 @@ import csv
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, "benchmarks")
-from quality_simulated import load_inputs  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sweep import calibrated_ssims, cell  # noqa: E402
+from quality_simulated import brain_ssim, load_inputs, write_tsv  # noqa: E402
 
 from hcld_bids.model.bundle import load_bundle  # noqa: E402
-from hcld_bids.model.harmonize import Harmonizer, Style, calibrate  # noqa: E402
+from hcld_bids.model.harmonize import Harmonizer, Style  # noqa: E402
 from hcld_bids.model.prototypes import compute_site_prototype  # noqa: E402
 from hcld_bids.model.spectrum import site_spectra  # noqa: E402
 from hcld_bids.reports.metrics import site_histograms  # noqa: E402
 
 WEIGHTS = (0.5, 0.75, 0.875, 1.0)
 KS = (1, 2, 4)
-
-
-def ssim(out, truth, truth_mask, mask):
-    from skimage.metrics import structural_similarity
-
-    brain = truth_mask & mask
-    _, m = structural_similarity(truth * brain, out * brain, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                 use_sample_covariance=False, full=True)
-    return float(m[brain].mean())
 
 
 def few_scan_style(harm, vols, masks, label):
@@ -69,7 +63,8 @@ def main():
     ap.add_argument("pack")
     ap.add_argument("out")
     ap.add_argument("bundles", nargs="+", help="LEFT_OUT=BUNDLE without that site")
-    ap.add_argument("--detail", type=float, default=None, help="the detail gain instead of the regime's")
+    ap.add_argument("--detail", type=float, default=None,
+                    help="the detail gain toward the few-scan site (default: the regime's gain toward trained sites)")
     ap.add_argument("--ks", type=int, nargs="+", default=list(KS))
     a = ap.parse_args()
     images = load_inputs(a.pack)
@@ -77,9 +72,7 @@ def main():
     for left, bundle in (b.split("=", 1) for b in a.bundles):
         harm = Harmonizer(load_bundle(bundle))
         assert left not in harm.bundle.prototypes
-        regime = replace(harm.default_regime, calibrate=False)
-        if a.detail is not None:
-            regime = replace(regime, detail=a.detail)
+        regime = replace(harm.default_regime, calibrate=False, reference_detail=a.detail)
         subjects = sorted(s for s in images if left in images[s])
         for k in a.ks:
             for i, sub in enumerate(subjects):
@@ -93,17 +86,12 @@ def main():
                     inp, mask = images[sub][site]
                     raw = harm.harmonize(inp, style, mask=mask, regime=regime)
                     row = {"left": left, "k": k, "pair": f"{sub}:{site}:{'+'.join(refs)}",
-                           "input": ssim(inp, truth, truth_mask, mask)}
-                    for w in WEIGHTS:
-                        out = calibrate(raw, mask, style.histogram, w)
-                        out[~mask] = 0.0
-                        row[f"cal_{w:g}"] = ssim(out, truth, truth_mask, mask)
+                           "input": brain_ssim(inp, truth, truth_mask, mask)}
+                    scores = calibrated_ssims(raw, mask, style.histogram, WEIGHTS, truth, truth_mask)
+                    row.update({f"cal_{w:g}": v for w, v in scores.items()})
                     rows.append(row)
                 print(f"  {left} k={k} {sub}: {len(rows)} rows, {time.perf_counter() - t0:.0f} s", flush=True)
-    with open(a.out, "w") as fh:
-        w = csv.DictWriter(fh, list(rows[0]), delimiter="\t")
-        w.writeheader()
-        w.writerows(rows)
+    write_tsv(Path(a.out), rows)
     summarize(rows)
 
 
@@ -120,9 +108,7 @@ def summarize(rows):
                 if not sel:
                     continue
                 key = f"cal_{1 - 0.5 / k:g}" if w == "rule" else f"cal_{w:g}"
-                v = np.array([r[key] for r in sel])
-                d = v - np.array([r["input"] for r in sel])
-                cells.append(f"{v.mean():.4f}/{int((d < 0).sum()):3d}/{d.min():+.4f}")
+                cells.append(cell([r[key] for r in sel], [r["input"] for r in sel]))
             print(f"{k:2d} {w!s:>8s} " + "  ".join(f"{c:>22s}" for c in cells))
 
 

@@ -21,6 +21,7 @@ the same head at the left-out site of:
         [--bundles siteA=BUNDLE_NO_A siteB=BUNDLE_NO_B ...] [--left-out siteB ...]
     ... tissue_reweight.py VAL_PACK OUT.tsv --sites BUNDLE      # site targets instead of references
     ... tissue_reweight.py VAL_PACK - --stability                # each head's fractions at each site
+    ... tissue_reweight.py --summarize ROWS.tsv                   # the printed table of committed rows
 """
 import argparse
 import csv
@@ -33,10 +34,11 @@ import numpy as np
 
 sys.path.insert(0, "benchmarks")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sweep import calibrated_ssims, cell  # noqa: E402
 from quality_reference_loso import reference_pairs  # noqa: E402
-from quality_simulated import load_inputs  # noqa: E402
+from quality_simulated import brain_ssim, load_inputs, write_tsv  # noqa: E402
 
-from hcld_bids.model.harmonize import brain_histogram, calibrate  # noqa: E402
+from hcld_bids.model.harmonize import brain_histogram  # noqa: E402
 
 WEIGHTS = (0.5, 0.75, 1.0)
 
@@ -64,13 +66,16 @@ def tissue_reweighted(ref_hist, source_hist):
     return edges, density * scale, g_ref.weights_[o_ref], g_src.weights_[o_src]
 
 
-def ssim(out, truth, truth_mask, mask):
-    from skimage.metrics import structural_similarity
-
-    brain = truth_mask & mask
-    _, m = structural_similarity(truth * brain, out * brain, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                 use_sample_covariance=False, full=True)
-    return float(m[brain].mean())
+def score(row, prefix, img, mask, target_hist, truth, truth_mask):
+    """Add to ``row`` the CSF fraction of ``img`` (``csf_<prefix>``) and the SSIM of ``img`` calibrated onto the
+    target's plain histogram and onto it re-weighted to ``img``'s fractions, with each weight
+    (``<prefix>_plain_<w>``, ``<prefix>_tissue_<w>``); returns the reference's fractions."""
+    e, d, f_target, f_img = tissue_reweighted(target_hist, brain_histogram(img, mask))
+    row[f"csf_{prefix}"] = f_img[0]
+    for name, hist in (("plain", target_hist), ("tissue", (e, d))):
+        scores = calibrated_ssims(img, mask, hist, WEIGHTS, truth, truth_mask)
+        row.update({f"{prefix}_{name}_{w:g}": v for w, v in scores.items()})
+    return f_target
 
 
 def site_rows(images, bundle):
@@ -89,16 +94,11 @@ def site_rows(images, bundle):
                     continue
                 truth, truth_mask = images[sub][target]
                 style = harm.style_from_site(target)
-                row = {"left": target, "pair": f"{sub}:{site}:{target}", "input": ssim(inp, truth, truth_mask, mask)}
+                row = {"left": target, "pair": f"{sub}:{site}:{target}",
+                       "input": brain_ssim(inp, truth, truth_mask, mask)}
                 raw = harm.harmonize(inp, style, mask=mask, regime=replace(harm.default_regime, calibrate=False))
-                for what, img in (("hm", inp), ("hcld", raw)):
-                    e, d, _, f_src = tissue_reweighted(style.histogram, brain_histogram(img, mask))
-                    row[f"csf_{what}"] = f_src[0]
-                    for name, hist in (("plain", style.histogram), ("tissue", (e, d))):
-                        for w in WEIGHTS:
-                            out = calibrate(img, mask, hist, w)
-                            out[~mask] = 0.0
-                            row[f"{what}_{name}_{w:g}"] = ssim(out, truth, truth_mask, mask)
+                for prefix, img in (("hm", inp), ("hcld", raw)):
+                    score(row, prefix, img, mask, style.histogram, truth, truth_mask)
                 rows.append(row)
                 if len(rows) % 12 == 0:
                     print(f"  {len(rows)} pairs, {time.perf_counter() - t0:.0f} s", flush=True)
@@ -138,6 +138,10 @@ def main():
     ap.add_argument("--sites", default=None, help="BUNDLE: score site targets (every head, every site pair) instead")
     ap.add_argument("--stability", action="store_true",
                     help="print each head's tissue fractions at each site instead (``out`` unused)")
+    if sys.argv[1:2] == ["--summarize"]:  # the printed table of a run's rows
+        rows = [{k: (v if k in ("left", "pair") else float(v)) for k, v in r.items()}
+                for r in csv.DictReader(open(sys.argv[2]), delimiter="\t")]
+        return summarize(rows, sorted({r["left"] for r in rows}))
     a = ap.parse_args()
     images = load_inputs(a.pack)
     if a.stability:
@@ -160,41 +164,28 @@ def main():
             truth, truth_mask = images[sub][left]
             ref, ref_mask = images[ref_sub][left]
             ref_hist = brain_histogram(ref, ref_mask)
-            row = {"left": left, "pair": f"{sub}:{site}:{ref_sub}", "input": ssim(inp, truth, truth_mask, mask)}
-            e, d, f_ref, f_src = tissue_reweighted(ref_hist, brain_histogram(inp, mask))
-            row.update(csf_ref=f_ref[0], csf_src=f_src[0])
-            for name, hist in (("plain", ref_hist), ("tissue", (e, d))):
-                for w in WEIGHTS:
-                    out = calibrate(inp, mask, hist, w)
-                    out[~mask] = 0.0
-                    row[f"hm_{name}_{w:g}"] = ssim(out, truth, truth_mask, mask)
+            row = {"left": left, "pair": f"{sub}:{site}:{ref_sub}", "input": brain_ssim(inp, truth, truth_mask, mask)}
+            row["csf_ref"] = score(row, "hm", inp, mask, ref_hist, truth, truth_mask)[0]
             if harm is not None:
                 raw = harm.harmonize(inp, harm.style_from_volume(ref), mask=mask,
                                      regime=replace(harm.default_regime, calibrate=False))
-                e, d, _, f_raw = tissue_reweighted(ref_hist, brain_histogram(raw, mask))
-                row["csf_raw"] = f_raw[0]
-                for name, hist in (("plain", ref_hist), ("tissue", (e, d))):
-                    for w in WEIGHTS:
-                        out = calibrate(raw, mask, hist, w)
-                        out[~mask] = 0.0
-                        row[f"hcld_{name}_{w:g}"] = ssim(out, truth, truth_mask, mask)
+                score(row, "hcld", raw, mask, ref_hist, truth, truth_mask)
             rows.append(row)
             if len(rows) % 12 == 0:
                 print(f"  {len(rows)} pairs, {time.perf_counter() - t0:.0f} s", flush=True)
-    keys = list(rows[0])
-    with open(a.out, "w") as fh:
-        w = csv.DictWriter(fh, keys, delimiter="\t")
-        w.writeheader()
-        w.writerows(rows)
-    methods = [k for k in keys if k.startswith(("hm_", "hcld_"))]
-    print(f"{'method':18s} " + "  ".join(f"{s:>22s}" for s in [*a.left_out, "ALL"]) + "   (mean SSIM / worse / worst)")
+    write_tsv(Path(a.out), rows)
+    summarize(rows, a.left_out)
+
+
+def summarize(rows, lefts):
+    """Mean SSIM / pairs worse than the input / worst change of each method, per left-out (or target) site."""
+    methods = [k for k in rows[0] if k.startswith(("hm_", "hcld_"))]
+    print(f"{'method':18s} " + "  ".join(f"{s:>22s}" for s in [*lefts, "ALL"]) + "   (mean SSIM / worse / worst)")
     for m in ["input", *methods]:
         cells = []
-        for s in [*a.left_out, "ALL"]:
+        for s in [*lefts, "ALL"]:
             sel = [r for r in rows if s in ("ALL", r["left"])]
-            v = np.array([r[m] for r in sel])
-            dlt = v - np.array([r["input"] for r in sel])
-            cells.append(f"{v.mean():.4f}/{int((dlt < 0).sum()):3d}/{dlt.min():+.4f}")
+            cells.append(cell([r[m] for r in sel], [r["input"] for r in sel]))
         print(f"{m:18s} " + "  ".join(f"{c:>22s}" for c in cells))
 
 
